@@ -1,0 +1,239 @@
+"""Typed settings: one YAML file plus ``ONEGATE_*`` environment overrides.
+
+Precedence, highest first: environment (``ONEGATE_SECTION__OPTION``), the YAML file,
+the defaults below. Every option is documented in docs/configuration.md, and a test
+fails when that document and this model disagree.
+
+Start-up validates everything once and turns any problem into one
+:class:`ConfigError` line that names the option and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "DatabaseSettings",
+    "KVSettings",
+    "KeyvaultSettings",
+    "LogSettings",
+    "ServerSettings",
+    "Settings",
+    "WebSettings",
+    "iter_options",
+    "load_settings",
+]
+
+ENV_PREFIX = "ONEGATE_"
+# Environment variables read outside the settings model (by the CLI or keyvault).
+_ENV_OUTSIDE_MODEL = frozenset({"ONEGATE_CONFIG", "ONEGATE_MASTER_KEY", "ONEGATE_MASTER_KEY_PREVIOUS"})
+
+
+# The parsed YAML file while load_settings() builds a Settings; read by _YamlSource.
+_yaml_data: ContextVar[dict[str, Any]] = ContextVar("onegate_yaml_data", default={})  # noqa: B039
+
+
+class ConfigError(Exception):
+    """Configuration that cannot start the service; the message is one line for the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="The one public port every role is served on.")
+    https: bool = Field(
+        False, description="Serve behind TLS: Secure cookies, HSTS and `__Host-` cookie names."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs whose `X-Forwarded-*` headers are believed; nobody else's are.",
+    )
+
+
+class DatabaseSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Unset: SQLite (WAL) at `<data_dir>/onegate.db`. "
+        "PostgreSQL: `postgresql+asyncpg://user@host:5432/db`.",
+    )
+    pool_size: int = Field(10, ge=1, le=200, description="Connections kept per process (PostgreSQL).")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+
+class KVSettings(_Section):
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="`memory` (one process, embedded default) or `redis`."
+    )
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL when `backend` is `redis`.")
+    prefix: str = Field("onegate:", description="Prefix of every key this deployment writes.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for Redis.")
+
+
+class KeyvaultSettings(_Section):
+    suite: Literal["aes", "gm"] = Field(
+        "aes", description="Encryption at rest: `aes` (AES-256-GCM, SHA-256) or `gm` (SM4-GCM, SM3)."
+    )
+    signing_alg: Literal["ES256", "RS256"] = Field("ES256", description="Algorithm of new signing keys.")
+    prepublish_seconds: int = Field(
+        3600, ge=0, description="A rotated-in signing key is published this long before it signs."
+    )
+    retire_after_seconds: int = Field(
+        86400,
+        ge=0,
+        description="A replaced signing key stays published this long (longest token lifetime + leeway).",
+    )
+
+
+class WebSettings(_Section):
+    default_locale: Literal["zh_CN", "en"] = Field("zh_CN", description="UI language when none is asked for.")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    json_lines: bool = Field(True, description="One JSON object per line (`false`: readable console lines).")
+
+
+class Settings(BaseSettings):
+    """Everything a OneGate process is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Field(Path("./var"), description="Where the database, keys and spool live.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    kv: KVSettings = Field(default_factory=KVSettings)
+    keyvault: KeyvaultSettings = Field(default_factory=KeyvaultSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command-line overrides (init values) > environment > YAML file > defaults.
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL in use (the embedded SQLite file unless one is configured)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'onegate.db').resolve()}"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The already parsed and checked YAML file (see load_settings)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _yaml_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get())
+
+
+def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf option as (dotted name, field info), in declaration order."""
+    options: list[tuple[str, Any]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            options.extend(iter_options(annotation, f"{prefix}{name}."))
+        else:
+            options.append((f"{prefix}{name}", field))
+    return options
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"configuration file {path}: cannot read it ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise ConfigError(f"configuration file {path}:{where}: {problem}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path}: the top level must be a mapping of options")
+    return data
+
+
+def _unknown_env(environ: Mapping[str, str]) -> list[str]:
+    known = {f"{ENV_PREFIX}{name.replace('.', '__')}".upper() for name, _ in iter_options()}
+    return sorted(
+        key
+        for key in environ
+        if key.upper().startswith(ENV_PREFIX) and key.upper() not in known | _ENV_OUTSIDE_MODEL
+    )
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown option {where!r} ({source}); see docs/configuration.md"
+    return f"option {where!r} ({source}): {first['msg']}"
+
+
+def load_settings(
+    config_file: Path | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read, merge and validate the configuration, or raise a one-line :class:`ConfigError`.
+
+    ``config_file`` defaults to ``$ONEGATE_CONFIG``. ``overrides`` (dotted names, from CLI
+    flags) win over both the file and the environment.
+    """
+    env_file = os.environ.get("ONEGATE_CONFIG")
+    path = config_file or (Path(env_file) if env_file else None)
+    data = _read_yaml(path) if path else {}
+    unknown = _unknown_env(os.environ)
+    if unknown:
+        raise ConfigError(f"unknown option in environment: {unknown[0]}; see docs/configuration.md")
+    source = f"file {path} or environment" if path else "environment"
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        section, _, option = dotted.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[option] = value
+    token = _yaml_data.set(data)
+    try:
+        return Settings(**nested)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from e
+    finally:
+        _yaml_data.reset(token)

@@ -1,0 +1,48 @@
+"""Session-wide fixtures: the local services, a database per run, a Redis key prefix per run."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests import services as local_services
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[local_services.Services]:
+    running = local_services.start()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: local_services.Services) -> str:
+    return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(services: local_services.Services) -> Iterator[str]:
+    """A PostgreSQL database of this run's own (SQLAlchemy asyncpg URL), dropped afterwards."""
+    name = f"onegate_test_{secrets.token_hex(6)}"
+    asyncio.run(local_services.create_database(services.postgres_url, name))
+    yield local_services.database_url(services.postgres_url, name)
+    asyncio.run(local_services.drop_database(services.postgres_url, name))
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to one test; its keys are removed afterwards."""
+    import redis
+
+    prefix = f"onegate-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
