@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from tests import services as local_services
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to completion on a loop of its own, even when called inside a running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +35,9 @@ def redis_url(services: local_services.Services) -> str:
 def postgres_url(services: local_services.Services) -> Iterator[str]:
     """A PostgreSQL database of this run's own (SQLAlchemy asyncpg URL), dropped afterwards."""
     name = f"onegate_test_{secrets.token_hex(6)}"
-    asyncio.run(local_services.create_database(services.postgres_url, name))
+    _run(local_services.create_database(services.postgres_url, name))
     yield local_services.database_url(services.postgres_url, name)
-    asyncio.run(local_services.drop_database(services.postgres_url, name))
+    _run(local_services.drop_database(services.postgres_url, name))
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The directory: users, groups and departments."""

@@ -1,0 +1,8 @@
+"""Every table of the product, imported so that Alembic sees one complete metadata."""
+
+from __future__ import annotations
+
+from core.db import metadata
+from idp.directory import models as directory_models
+
+__all__ = ["directory_models", "metadata"]
