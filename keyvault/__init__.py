@@ -27,6 +27,7 @@ from keyvault.masterkey import (
     remove_master_key,
     rotate_master_key,
 )
+from keyvault.secrets import SecretStore
 from keyvault.signing import ALGORITHMS, KeyState, SigningKeyInfo, SigningKeyring
 from keyvault.suites import AES_GCM, GM_SM4_GCM, CipherSuite, get_suite
 from keyvault.vault import Keyvault, init_keyvault, open_keyvault
@@ -47,6 +48,7 @@ __all__ = [
     "MasterKey",
     "MasterKeyError",
     "MasterKeyring",
+    "SecretStore",
     "SigningKeyError",
     "SigningKeyInfo",
     "SigningKeyring",

@@ -21,6 +21,7 @@ from keyvault.masterkey import (
     load_master_keyring,
     master_key_path,
 )
+from keyvault.secrets import SecretStore
 from keyvault.signing import ALGORITHMS, SigningKeyring
 from keyvault.suites import SUITES, get_suite
 
@@ -34,6 +35,7 @@ class Keyvault:
     keyring: MasterKeyring
     envelope: Envelope
     signing: SigningKeyring
+    secrets: SecretStore
 
 
 def signing_dir(data_dir: Path) -> Path:
@@ -87,7 +89,8 @@ def open_keyvault(
         retire_after_seconds=retire_after_seconds,
         clock=clock,
     )
-    return Keyvault(keyring=keyring, envelope=envelope, signing=signing)
+    secrets = SecretStore(Path(data_dir) / "keys" / "secrets", envelope)
+    return Keyvault(keyring=keyring, envelope=envelope, signing=signing, secrets=secrets)
 
 
 def init_keyvault(
