@@ -53,7 +53,7 @@ class _Section(BaseModel):
 
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(8000, ge=1, le=65535, description="The one public port every role is served on.")
+    port: int = Field(8000, ge=0, le=65535, description="The one public port every role is served on (0: any free port).")
     https: bool = Field(
         False, description="Serve behind TLS: Secure cookies, HSTS and `__Host-` cookie names."
     )
@@ -234,6 +234,7 @@ def load_settings(
     try:
         return Settings(**nested)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from e
+        where = ".".join(str(part) for part in e.errors()[0]["loc"])
+        raise ConfigError(_describe(e, "command line" if where in (overrides or {}) else source)) from e
     finally:
         _yaml_data.reset(token)

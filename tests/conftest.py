@@ -54,3 +54,12 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def fresh_postgres_url(services: local_services.Services) -> Iterator[str]:
+    """A PostgreSQL database for one test alone (SQLAlchemy asyncpg URL), dropped afterwards."""
+    name = f"onegate_test_{secrets.token_hex(6)}"
+    _run(local_services.create_database(services.postgres_url, name))
+    yield local_services.database_url(services.postgres_url, name)
+    _run(local_services.drop_database(services.postgres_url, name))

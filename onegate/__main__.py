@@ -1,0 +1,3 @@
+from onegate.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""Assemble the web app of each role from the shared runtime.
+
+``all`` serves every role on one port and routes by host name: ``idp.*`` to the identity
+provider, ``soc.*`` to the security-operations console, anything else to the gateway (which
+also answers on the bare address with the portal page). Each role app has its own
+``/healthz``, ``/readyz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.web import N_, create_web_app
+from onegate.hosts import HostRouter
+from onegate.runtime import Runtime
+
+__all__ = ["ROLES", "build_app"]
+
+ROLES = ("idp", "gateway", "soc", "all")
+HERE = Path(__file__).resolve().parent
+
+# What each role's home page says it is, until its own pages take over.
+_TITLES: Mapping[str, tuple[str, str]] = {
+    "idp": (N_("Identity provider"), N_("One sign-in for every departmental system.")),
+    "gateway": (N_("Access gateway"), N_("Every request is checked against the access policies.")),
+    "soc": (N_("Security operations centre"), N_("Alerts, incidents, response and drills.")),
+}
+
+
+def _home(role: str) -> Any:
+    async def home(request: Request) -> Response:
+        title, summary = _TITLES[role]
+        response: Response = request.app.state.templates.render(
+            request, "home.html", {"role": role, "title": title, "summary": summary}
+        )
+        return response
+
+    return home
+
+
+def role_app(runtime: Runtime, role: str) -> Starlette:
+    settings = runtime.settings
+    return create_web_app(
+        name=role,
+        routes=[Route("/", _home(role), methods=["GET"])],
+        csrf_secret=runtime.vault.secrets.get_or_create("csrf"),
+        readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
+        template_dirs=[HERE / "templates"],
+        locale_dirs=[HERE / "locale"],
+        default_locale=settings.web.default_locale,
+        https=settings.server.https,
+    )
+
+
+class _Lifespan:
+    """Start and stop what the runtime runs in the background (the event bus)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        await self._runtime.bus.start()
+        try:
+            yield
+        finally:
+            await self._runtime.bus.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"  # noqa: S101 - the ASGI spec's order
+        async with self._running():
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def build_app(runtime: Runtime, role: str) -> ASGIApp:
+    """The ASGI app serving ``role`` (one of :data:`ROLES`)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    lifespan = _Lifespan(runtime)
+    if role != "all":
+        return HostRouter({}, default=role_app(runtime, role), lifespan=lifespan)
+    return HostRouter(
+        {"idp": role_app(runtime, "idp"), "soc": role_app(runtime, "soc")},
+        default=role_app(runtime, "gateway"),
+        lifespan=lifespan,
+    )

@@ -1,0 +1,202 @@
+"""The `onegate` command line.
+
+Every command takes ``--data-dir`` (env ``ONEGATE_DATA_DIR``, default ``./var``) and
+``--config``; commands that print records take ``--json``. Problems with configuration
+or dependencies end the command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from core.logging import configure_logging
+from core.settings import ConfigError, Settings, load_settings
+from onegate import __version__
+from keyvault import KeyvaultError
+from onegate.runtime import StartupError, open_vault
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="onegate",
+    help="OneGate: zero-trust identity, single sign-on and security operations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Signing keys: list and rotate.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="ONEGATE_DATA_DIR", help="Data directory [default: ./var]."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Port = Annotated[int | None, typer.Option("--port", help="The one public port (0: any free port).")]
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"onegate: {message}", err=True)
+    return typer.Exit(2)
+
+
+def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    try:
+        settings = load_settings(config, overrides=values)
+    except ConfigError as e:
+        raise fail(f"configuration error: {e}") from None
+    configure_logging(settings.log.level, json=settings.log.json_lines)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
+    return settings
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except StartupError as e:
+        raise fail(str(e)) from None
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"onegate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """OneGate command line."""
+
+
+@app.command()
+def init(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """Create the data dir, migrate the database, create keys and the first administrator."""
+    from onegate.bootstrap import initialise
+
+    settings = settings_from(data_dir, config)
+    result = run(initialise(settings))
+    if as_json:
+        emit_json(result.__dict__)
+        return
+    typer.echo(f"data dir: {result.data_dir}")
+    typer.echo(f"database: {result.database}")
+    if result.admin_password:
+        typer.echo(f"administrator: {result.admin_username}")
+        typer.echo(f"one-time password (shown once; change it at first sign-in): {result.admin_password}")
+    else:
+        typer.echo("already initialised; nothing was replaced")
+
+
+@app.command()
+def serve(
+    role: Annotated[str, typer.Option("--role", help="idp | gateway | soc | all")] = "all",
+    port: Port = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Serve one role, or all of them on one port."""
+    from onegate.apps import ROLES
+    from onegate.launch import run_server
+
+    if role not in ROLES:
+        raise fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    settings = settings_from(data_dir, config, **{"server.port": port, "server.host": host})
+    run(run_server(settings, role=role))
+
+
+@app.command()
+def demo(
+    port: Port = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Initialise if needed and serve every role; writes <data dir>/demo.json once ready."""
+    from onegate.launch import run_demo
+
+    settings = settings_from(data_dir, config, **{"server.port": port})
+    run(run_demo(settings))
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """List signing keys with their state (pending, active, retired)."""
+    settings = settings_from(data_dir, config)
+    records = [asdict(info) for info in _vault_call(lambda: open_vault(settings).signing.list_keys())]
+    if as_json:
+        emit_json(records)
+        return
+    typer.echo(f"{'kid':<44} {'alg':<6} {'state':<8} {'created':<20} {'signs from':<20} retire until")
+    for r in records:
+        typer.echo(
+            f"{r['kid']:<44} {r['alg']:<6} {r['state']:<8} {_when(r['created_at']):<20} "
+            f"{_when(r['activates_at']):<20} {_when(r['retire_until'])}"
+        )
+
+
+@keys_app.command("rotate")
+def keys_rotate(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """Add a new signing key; it is published now and signs after the pre-publication delay."""
+    settings = settings_from(data_dir, config)
+
+    def rotate() -> dict[str, Any]:
+        signing = open_vault(settings).signing
+        kid = signing.rotate()
+        return next(asdict(info) for info in signing.list_keys() if info.kid == kid)
+
+    record = _vault_call(rotate)
+    if as_json:
+        emit_json(record)
+        return
+    typer.echo(
+        f"new signing key {record['kid']} ({record['alg']}): published now, signs from "
+        f"{_when(record['activates_at'])}"
+    )
+
+
+def _vault_call(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except KeyvaultError as e:
+        raise fail(str(e)) from None
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def main() -> None:
+    # Everything OneGate writes (database, keys, spool) is for its own user only.
+    os.umask(0o077)
+    app(prog_name="onegate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
