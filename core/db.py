@@ -62,7 +62,9 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, echo: bool = False
+) -> AsyncEngine:
     """An engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -88,7 +90,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
 def _describe(engine: AsyncEngine, error: Exception) -> str:
     # Never show the password of the URL.
     where = engine.url.render_as_string(hide_password=True)
-    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error) else type(error).__name__
+    reason = (
+        str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        if str(error)
+        else type(error).__name__
+    )
     return f"database {where} is unreachable: {reason}"
 
 

@@ -14,6 +14,7 @@ careless emitter cannot leak credentials into the event store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import uuid
 from collections import deque
@@ -70,15 +71,44 @@ class Kind(StrEnum):
 # ECS top-level field sets an event may use; anything else is a typo or a leak.
 _NAMESPACES = frozenset(
     {
-        "client", "destination", "error", "event", "host", "http", "labels", "message", "network",
-        "observer", "onegate", "related", "rule", "server", "service", "session", "source", "tags",
-        "threat", "trace", "transaction", "url", "user", "user_agent",
+        "client",
+        "destination",
+        "error",
+        "event",
+        "host",
+        "http",
+        "labels",
+        "message",
+        "network",
+        "observer",
+        "onegate",
+        "related",
+        "rule",
+        "server",
+        "service",
+        "session",
+        "source",
+        "tags",
+        "threat",
+        "trace",
+        "transaction",
+        "url",
+        "user",
+        "user_agent",
     }
 )
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie", "otp", "private_key")
 # Fields whose ``event.*`` part the constructor fills; emitters must not set them in ``fields``.
 _RESERVED = frozenset(
-    {"@timestamp", "event.id", "event.category", "event.action", "event.outcome", "event.kind", "event.dataset"}
+    {
+        "@timestamp",
+        "event.id",
+        "event.category",
+        "event.action",
+        "event.outcome",
+        "event.kind",
+        "event.dataset",
+    }
 )
 _MAX_STRING = 8192
 
@@ -154,7 +184,11 @@ class Event:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
-        if not self.action or len(self.action) > 128 or not self.action.replace("-", "").replace("_", "").isalnum():
+        if (
+            not self.action
+            or len(self.action) > 128
+            or not self.action.replace("-", "").replace("_", "").isalnum()
+        ):
             raise EventError(f"event.action must be a short kebab-case word, got {self.action!r}")
         if not isinstance(self.category, Category):
             raise EventError(f"event.category {self.category!r} is not one of {[c.value for c in Category]}")
@@ -261,6 +295,8 @@ class _Subscriber:
         self.task: asyncio.Task[None] | None = None
         self.overflow: deque[Event] = deque()
         self.pending = 0  # emitted to this subscriber and not yet handled
+        self.idle = asyncio.Event()  # set whenever pending is 0
+        self.idle.set()
 
 
 class EventBus:
@@ -300,6 +336,7 @@ class EventBus:
         self.emitted += 1
         for subscriber in self._subscribers:
             subscriber.pending += 1
+            subscriber.idle.clear()
             if subscriber.overflow or subscriber.queue.full():
                 subscriber.overflow.append(event)
             else:
@@ -313,7 +350,9 @@ class EventBus:
         self._running = True
         for subscriber in self._subscribers:
             if subscriber.task is None:
-                subscriber.task = asyncio.create_task(self._work(subscriber), name=f"events:{subscriber.name}")
+                subscriber.task = asyncio.create_task(
+                    self._work(subscriber), name=f"events:{subscriber.name}"
+                )
 
     async def _deliver(self, subscriber: _Subscriber, event: Event) -> None:
         for attempt in (1, 2):
@@ -323,8 +362,13 @@ class EventBus:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("event handler failed", subscriber=subscriber.name, attempt=attempt,
-                            event_action=event.action, error=type(e).__name__)
+                log.warning(
+                    "event handler failed",
+                    subscriber=subscriber.name,
+                    attempt=attempt,
+                    event_action=event.action,
+                    error=type(e).__name__,
+                )
                 if attempt == 2:
                     if self._on_failure is not None:
                         self._on_failure(subscriber.name, event, e)
@@ -338,14 +382,16 @@ class EventBus:
                 await self._deliver(subscriber, event)
             finally:
                 subscriber.pending -= 1
+                if not subscriber.pending:
+                    subscriber.idle.set()
             # Refill the queue from the overflow, oldest first, keeping emission order.
             while subscriber.overflow and not subscriber.queue.full():
                 subscriber.queue.put_nowait(subscriber.overflow.popleft())
 
     async def drain(self) -> None:
         """Wait until every subscriber has handled every event emitted so far."""
-        while any(s.pending for s in self._subscribers):
-            await asyncio.sleep(0.005)
+        for subscriber in self._subscribers:
+            await subscriber.idle.wait()
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop the workers, by default after delivering what is queued."""
@@ -355,8 +401,6 @@ class EventBus:
         for subscriber in self._subscribers:
             if subscriber.task is not None:
                 subscriber.task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await subscriber.task
-                except asyncio.CancelledError:
-                    pass
                 subscriber.task = None

@@ -45,13 +45,19 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR, "critical": logging.CRITICAL}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 _request_id: ContextVar[str | None] = ContextVar("onegate_request_id", default=None)
 
 
 # -- request id -----------------------------------------------------------------------------
+
 
 def bind_request_id(request_id: str) -> Token[str | None]:
     """Make ``request_id`` the current request id; pass the token to ``reset_request_id``."""
@@ -91,18 +97,51 @@ def add_request_id(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
 # A key is sensitive when one of its words is a credential noun, when its last word names a
 # secret-bearing thing ("access_token", "api_key", "code"), or when it contains one of the
 # substrings below (which also catches run-together names such as "accesstoken").
-_ANY_WORD = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "secrets", "authorization", "cookie",
-    "cookies", "otp", "totp", "hotp", "apikey", "privatekey", "credential", "credentials", "csrf",
-    "bearer", "dsn",
-})
+_ANY_WORD = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "authorization",
+        "cookie",
+        "cookies",
+        "otp",
+        "totp",
+        "hotp",
+        "apikey",
+        "privatekey",
+        "credential",
+        "credentials",
+        "csrf",
+        "bearer",
+        "dsn",
+    }
+)
 _LAST_WORD = frozenset({"token", "tokens", "key", "keys", "code", "codes", "pin", "jwt", "assertion"})
 _SUBSTRINGS = ("password", "passwd", "secret", "token")
 # "...code" keys that are plainly not secrets (HTTP status, error vocabulary, ISO codes).
-_NOT_SECRET_CODE = frozenset({
-    "status", "error", "exit", "response", "return", "reason", "country", "language", "lang",
-    "locale", "region", "currency", "postal", "zip", "http",
-})
+_NOT_SECRET_CODE = frozenset(
+    {
+        "status",
+        "error",
+        "exit",
+        "response",
+        "return",
+        "reason",
+        "country",
+        "language",
+        "lang",
+        "locale",
+        "region",
+        "currency",
+        "postal",
+        "zip",
+        "http",
+    }
+)
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 # Secrets recognisable by shape, wherever they appear in a string.
@@ -111,8 +150,13 @@ _VALUE_PATTERNS = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"), REDACTED),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*):[^\s/@]*@"), r"\1:" + REDACTED + "@"),
     # key=value / key: value inside free text ("password=hunter2", "?access_token=...").
-    (re.compile(r"(?i)\b([\w-]*(?:password|passwd|secret|token|api[_-]?key)[\w-]*)(\"?'?\s*[=:]\s*[\"']?)"
-                r"[^\s\"'&,;]+"), r"\1\2" + REDACTED),
+    (
+        re.compile(
+            r"(?i)\b([\w-]*(?:password|passwd|secret|token|api[_-]?key)[\w-]*)(\"?'?\s*[=:]\s*[\"']?)"
+            r"[^\s\"'&,;]+"
+        ),
+        r"\1\2" + REDACTED,
+    ),
     # bare query parameters that carry one-time secrets ("?code=...", "&otp=...").
     (re.compile(r"(?i)(?<![\w-])(code|otp|totp|pin|key)=[^\s\"'&,;]+"), r"\1=" + REDACTED),
 )
@@ -147,8 +191,10 @@ def _redact(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return _scrub_string(value)
     if isinstance(value, Mapping):
-        return {k: (REDACTED if isinstance(k, str) and is_sensitive_key(k) else _redact(v, depth + 1))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if isinstance(k, str) and is_sensitive_key(k) else _redact(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         items = list(value)
         # A (name, value) pair, as in ASGI / HTTP header lists.
@@ -175,6 +221,7 @@ def redact_sensitive(_logger: WrappedLogger, _method: str, event_dict: EventDict
 
 
 # -- configuration --------------------------------------------------------------------------
+
 
 class _OneGateHandler(logging.StreamHandler[TextIO]):
     """Marker subclass so ``configure_logging`` can replace its own handler and only it."""
@@ -204,21 +251,27 @@ def configure_logging(level: str = "info", json: bool = True, *, stream: TextIO 
     if numeric is None:
         raise ValueError(f"configure_logging: level must be one of {sorted(_LEVELS)}, not {level!r}")
     shared = _shared_processors()
-    renderer: Processor = (structlog.processors.JSONRenderer() if json
-                           else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     handler = _OneGateHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _OneGateHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *shared,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

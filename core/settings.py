@@ -53,7 +53,9 @@ class _Section(BaseModel):
 
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(8000, ge=0, le=65535, description="The one public port every role is served on (0: any free port).")
+    port: int = Field(
+        8000, ge=0, le=65535, description="The one public port every role is served on (0: any free port)."
+    )
     https: bool = Field(
         False, description="Serve behind TLS: Secure cookies, HSTS and `__Host-` cookie names."
     )
@@ -211,9 +213,7 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"option {where!r} ({source}): {first['msg']}"
 
 
-def load_settings(
-    config_file: Path | None = None, *, overrides: Mapping[str, Any] | None = None
-) -> Settings:
+def load_settings(config_file: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Read, merge and validate the configuration, or raise a one-line :class:`ConfigError`.
 
     ``config_file`` defaults to ``$ONEGATE_CONFIG``. ``overrides`` (dotted names, from CLI

@@ -70,9 +70,15 @@ async def initialise(settings: Settings) -> InitResult:
                 groups=("sys-admins",),
                 must_change_password=True,
             )
-            runtime.bus.emit(Event(action="user-created", category=Category.IAM, outcome=Outcome.SUCCESS,
-                                   dataset="onegate.cli", fields={"user.name": ADMIN_USERNAME,
-                                                                  "user.roles": ["sys-admins"]}))
+            runtime.bus.emit(
+                Event(
+                    action="user-created",
+                    category=Category.IAM,
+                    outcome=Outcome.SUCCESS,
+                    dataset="onegate.cli",
+                    fields={"user.name": ADMIN_USERNAME, "user.roles": ["sys-admins"]},
+                )
+            )
     finally:
         await runtime.close()
     return InitResult(

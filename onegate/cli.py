@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -22,8 +21,8 @@ import typer
 
 from core.logging import configure_logging
 from core.settings import ConfigError, Settings, load_settings
-from onegate import __version__
 from keyvault import KeyvaultError
+from onegate import __version__
 from onegate.runtime import StartupError, open_vault
 
 T = TypeVar("T")
@@ -147,7 +146,11 @@ def demo(
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
     """List signing keys with their state (pending, active, retired)."""
     settings = settings_from(data_dir, config)
-    records = [asdict(info) for info in _vault_call(lambda: open_vault(settings).signing.list_keys())]
+
+    def list_keys() -> list[dict[str, Any]]:
+        return [asdict(info) for info in open_vault(settings).signing.list_keys()]
+
+    records = _vault_call(list_keys)
     if as_json:
         emit_json(records)
         return
@@ -199,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

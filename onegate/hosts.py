@@ -29,7 +29,9 @@ class HostRouter:
     the process opens and closes once.
     """
 
-    def __init__(self, apps: Mapping[str, ASGIApp], *, default: ASGIApp, lifespan: ASGIApp | None = None) -> None:
+    def __init__(
+        self, apps: Mapping[str, ASGIApp], *, default: ASGIApp, lifespan: ASGIApp | None = None
+    ) -> None:
         self._apps = dict(apps)
         self._default = default
         self._lifespan = lifespan

@@ -66,7 +66,10 @@ async def run_demo(settings: Settings) -> None:
         for name, url in urls.items():
             print(f"  {name:<8} {url}", flush=True)
         if result.admin_password:
-            print(f"  administrator {result.admin_username} / one-time password: {result.admin_password}", flush=True)
+            print(
+                f"  administrator {result.admin_username} / one-time password: {result.admin_password}",
+                flush=True,
+            )
         print(f"  (written to {demo_file}; Ctrl-C stops)", flush=True)
 
     try:

@@ -61,8 +61,9 @@ def open_vault(settings: Settings) -> Keyvault:
 async def open_runtime(settings: Settings, *, require_schema: bool = True) -> Runtime:
     """Open and check every dependency, or raise :class:`StartupError` naming the first problem."""
     db = settings.database
-    engine = create_engine(settings.database_url, pool_size=db.pool_size, connect_timeout=db.connect_timeout,
-                           echo=db.echo)
+    engine = create_engine(
+        settings.database_url, pool_size=db.pool_size, connect_timeout=db.connect_timeout, echo=db.echo
+    )
     kv = open_kv(settings.kv)
     try:
         await check_database(engine)
@@ -84,5 +85,12 @@ async def open_runtime(settings: Settings, *, require_schema: bool = True) -> Ru
         await engine.dispose()
         raise
     sessions = session_factory(engine)
-    return Runtime(settings=settings, engine=engine, sessions=sessions, kv=kv, vault=vault, bus=EventBus(),
-                   directory=Directory(sessions))
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        kv=kv,
+        vault=vault,
+        bus=EventBus(),
+        directory=Directory(sessions),
+    )

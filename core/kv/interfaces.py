@@ -45,7 +45,9 @@ class KV(Protocol):
         """The value, or None when absent or expired."""
         ...
 
-    async def set(self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False) -> bool:
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
         """Store ``value``; with ``only_if_absent`` only when the key does not exist. True if stored."""
         ...
 

@@ -77,7 +77,9 @@ class MemoryKV:
         item = self._live(key)
         return None if item is None else item[0]
 
-    async def set(self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False) -> bool:
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
         if only_if_absent and self._live(key) is not None:
             return False
         self._write(key, value, self._expiry(ttl))

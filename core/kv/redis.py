@@ -122,7 +122,9 @@ class RedisKV:
         value: bytes | None = await self._call(self._client.get(self._k(key)))
         return value
 
-    async def set(self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False) -> bool:
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
         if not isinstance(value, bytes):
             raise TypeError("values are bytes")
         stored = await self._call(self._client.set(self._k(key), value, px=_ms(ttl), nx=only_if_absent))
@@ -180,7 +182,7 @@ class RedisKV:
             try:
                 await pubsub.unsubscribe()
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def ping(self) -> None:
         await self._call(self._client.ping())

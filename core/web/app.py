@@ -107,18 +107,27 @@ def create_web_app(
         Middleware(SecurityHeadersMiddleware, https=https, form_action=form_action),
     ]
     if trusted_hosts is not None:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(trusted_hosts),
-                                     www_redirect=False))
+        middleware.append(
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(trusted_hosts), www_redirect=False)
+        )
     middleware += [
         Middleware(LocaleMiddleware, locales=locales, default_locale=default_locale, https=https),
-        Middleware(CSRFMiddleware, secret=csrf_secret, on_reject=renderer.response, https=https,
-                   exempt_paths=csrf_exempt_paths, exempt_prefixes=csrf_exempt_prefixes,
-                   trusted_origins=csrf_trusted_origins, max_body_bytes=max_form_bytes),
+        Middleware(
+            CSRFMiddleware,
+            secret=csrf_secret,
+            on_reject=renderer.response,
+            https=https,
+            exempt_paths=csrf_exempt_paths,
+            exempt_prefixes=csrf_exempt_prefixes,
+            trusted_origins=csrf_trusted_origins,
+            max_body_bytes=max_form_bytes,
+        ),
         *extra_middleware,
     ]
     all_routes: list[BaseRoute] = [
-        *health_routes(readiness_checks=readiness_checks or {}, registry=registry,
-                       readiness_timeout=readiness_timeout),
+        *health_routes(
+            readiness_checks=readiness_checks or {}, registry=registry, readiness_timeout=readiness_timeout
+        ),
         Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="static"),
         *routes,
     ]

@@ -59,16 +59,23 @@ _DEFAULTS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.BAD_REQUEST: (400, N_("The request could not be understood.")),
     ErrorCode.UNAUTHENTICATED: (401, N_("Please sign in to continue.")),
     ErrorCode.FORBIDDEN: (403, N_("You do not have permission to access this page.")),
-    ErrorCode.CSRF_FAILED: (403, N_("The form could not be verified. It may have expired or been "
-                                    "sent from another site. Reload the page and try again.")),
+    ErrorCode.CSRF_FAILED: (
+        403,
+        N_(
+            "The form could not be verified. It may have expired or been "
+            "sent from another site. Reload the page and try again."
+        ),
+    ),
     ErrorCode.NOT_FOUND: (404, N_("The page you requested was not found.")),
     ErrorCode.METHOD_NOT_ALLOWED: (405, N_("This address does not accept that kind of request.")),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, N_("The submitted data is too large.")),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, N_("The submitted data is in an unsupported format.")),
     ErrorCode.RATE_LIMITED: (429, N_("Too many requests. Please wait a moment and try again.")),
     ErrorCode.INTERNAL_ERROR: (500, N_("Something went wrong on our side. Please try again later.")),
-    ErrorCode.SERVICE_UNAVAILABLE: (503, N_("The service is temporarily unavailable. "
-                                            "Please try again later.")),
+    ErrorCode.SERVICE_UNAVAILABLE: (
+        503,
+        N_("The service is temporarily unavailable. Please try again later."),
+    ),
 }
 _BY_STATUS = {status: code for code, (status, _) in _DEFAULTS.items() if code is not ErrorCode.CSRF_FAILED}
 
@@ -81,9 +88,16 @@ class HTTPProblem(Exception):
     the raiser's own closed vocabulary (``[a-z0-9_.-]``), shown to the user and in JSON.
     """
 
-    def __init__(self, code: ErrorCode, *, status: int | None = None, message_zh: str | None = None,
-                 message_en: str | None = None, reason: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        *,
+        status: int | None = None,
+        message_zh: str | None = None,
+        message_en: str | None = None,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         if reason is not None and not _REASON.fullmatch(reason):
             raise ValueError(f"HTTPProblem reason must match {_REASON.pattern}, got {reason!r}")
         self.code = ErrorCode(code)
@@ -170,15 +184,23 @@ class ProblemRenderer:
             if problem.reason:
                 body["reason"] = problem.reason
             return JSONResponse(body, status_code=problem.status, headers=problem.headers)
-        context = {"status": problem.status, "code": problem.code.value, "message": message,
-                   "reason": problem.reason, "request_id": request_id}
+        context = {
+            "status": problem.status,
+            "code": problem.code.value,
+            "message": message,
+            "reason": problem.reason,
+            "request_id": request_id,
+        }
         try:
-            return self.templates.render(request, "error.html", context,
-                                         status_code=problem.status, headers=problem.headers)
+            return self.templates.render(
+                request, "error.html", context, status_code=problem.status, headers=problem.headers
+            )
         except Exception:
             _log.exception("error_page_render_failed", code=problem.code.value)
-            page = (f"<!doctype html><title>{problem.status}</title><h1>{html.escape(message)}</h1>"
-                    f"<p>{html.escape(str(request_id or ''))}</p>")
+            page = (
+                f"<!doctype html><title>{problem.status}</title><h1>{html.escape(message)}</h1>"
+                f"<p>{html.escape(str(request_id or ''))}</p>"
+            )
             return HTMLResponse(page, status_code=problem.status, headers=problem.headers)
 
     async def handle_exception(self, request: Request, exc: Exception) -> Response:

@@ -30,8 +30,9 @@ _CHECK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _log = get_logger("onegate.health")
 
 
-async def run_readiness_checks(checks: Mapping[str, ReadinessCheck], *,
-                               seconds_each: float) -> dict[str, str]:
+async def run_readiness_checks(
+    checks: Mapping[str, ReadinessCheck], *, seconds_each: float
+) -> dict[str, str]:
     """Run ``checks`` concurrently, each bounded by ``seconds_each``; map each name to ``ok``,
     ``timeout`` or ``error: <ExceptionType>``."""
     results: dict[str, str] = {}
@@ -55,8 +56,12 @@ async def run_readiness_checks(checks: Mapping[str, ReadinessCheck], *,
     return dict(sorted(results.items()))
 
 
-def health_routes(*, readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry,
-                  readiness_timeout: float = 2.0) -> list[BaseRoute]:
+def health_routes(
+    *,
+    readiness_checks: Mapping[str, ReadinessCheck],
+    registry: CollectorRegistry,
+    readiness_timeout: float = 2.0,
+) -> list[BaseRoute]:
     """The three operational routes (names: ``healthz``, ``readyz``, ``metrics``)."""
     for name in readiness_checks:
         if not _CHECK_NAME.fullmatch(name):
@@ -72,8 +77,9 @@ def health_routes(*, readiness_checks: Mapping[str, ReadinessCheck], registry: C
         results = await run_readiness_checks(checks, seconds_each=readiness_timeout)
         failing = [name for name, result in results.items() if result != "ok"]
         if failing:
-            return JSONResponse({"status": "not_ready", "checks": results, "failing": failing},
-                                status_code=503)
+            return JSONResponse(
+                {"status": "not_ready", "checks": results, "failing": failing}, status_code=503
+            )
         return JSONResponse({"status": "ready", "checks": results})
 
     async def metrics(request: Request) -> Response:

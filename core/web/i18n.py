@@ -58,8 +58,9 @@ class Catalogs:
     translations: Mapping[str, Translations]
 
     @classmethod
-    def load(cls, *, locales: Sequence[str], default_locale: str,
-             locale_dirs: Sequence[Path] = ()) -> Catalogs:
+    def load(
+        cls, *, locales: Sequence[str], default_locale: str, locale_dirs: Sequence[Path] = ()
+    ) -> Catalogs:
         """Compile core's catalogs, then merge each of ``locale_dirs`` over them in order.
 
         Raises ``ValueError`` when ``default_locale`` is not in ``locales`` or core has no
@@ -132,8 +133,14 @@ def parse_accept_language(header: str) -> list[str]:
     return [tag for _, _, tag in sorted(weighted)]
 
 
-def negotiate_locale(*, supported: Sequence[str], default: str, ui_locales: str | None = None,
-                     cookie: str | None = None, accept_language: str | None = None) -> str:
+def negotiate_locale(
+    *,
+    supported: Sequence[str],
+    default: str,
+    ui_locales: str | None = None,
+    cookie: str | None = None,
+    accept_language: str | None = None,
+) -> str:
     """The locale for a request (order in the module docstring)."""
     if ui_locales:
         for tag in ui_locales[:_MAX_HEADER_CHARS].split()[:_MAX_TAGS]:

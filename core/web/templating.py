@@ -91,8 +91,9 @@ class Templates:
                 app_url=_app_url,
                 static_url=_static_url,
                 locale_url=_locale_url,
-                available_locales=[(code, html_lang(code), _NATIVE_NAMES.get(code, code))
-                                   for code in catalogs.locales],
+                available_locales=[
+                    (code, html_lang(code), _NATIVE_NAMES.get(code, code)) for code in catalogs.locales
+                ],
             )
             self._by_locale[locale] = Jinja2Templates(env=env)
 
@@ -111,11 +112,23 @@ class Templates:
         for templates in self._by_locale.values():
             templates.env.filters[name] = function
 
-    def render(self, request: Request, name: str, context: Mapping[str, Any] | None = None, *,
-               status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    def render(
+        self,
+        request: Request,
+        name: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         """Render template ``name`` in the request's locale as an HTML response."""
         locale = self.locale_of(request)
-        full: dict[str, Any] = {"locale": locale, "html_lang": html_lang(locale), **(context or {}),
-                                "request": request}
-        return self._by_locale[locale].TemplateResponse(request, name, full, status_code=status_code,
-                                                        headers=headers)
+        full: dict[str, Any] = {
+            "locale": locale,
+            "html_lang": html_lang(locale),
+            **(context or {}),
+            "request": request,
+        }
+        return self._by_locale[locale].TemplateResponse(
+            request, name, full, status_code=status_code, headers=headers
+        )

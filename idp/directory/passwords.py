@@ -24,7 +24,11 @@ class PasswordHashing:
 
     def __init__(self, *, time_cost: int = 2, memory_cost_kib: int = 19 * 1024, parallelism: int = 1) -> None:
         self._hasher = PasswordHasher(
-            time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism, hash_len=32, salt_len=16
+            time_cost=time_cost,
+            memory_cost=memory_cost_kib,
+            parallelism=parallelism,
+            hash_len=32,
+            salt_len=16,
         )
         # Verified against for unknown users, so that both paths do the same work (no enumeration).
         self._dummy = self._hasher.hash(secrets.token_urlsafe(16))

@@ -21,12 +21,16 @@ class Directory:
 
     async def get_user(self, username: str) -> User | None:
         async with self._sessions() as s:
-            user: User | None = (await s.execute(select(User).where(User.username == username))).scalar_one_or_none()
+            user: User | None = (
+                await s.execute(select(User).where(User.username == username))
+            ).scalar_one_or_none()
             return user
 
     async def ensure_group(self, name: str, description: str | None = None) -> Group:
         async with self._sessions() as s, s.begin():
-            group: Group | None = (await s.execute(select(Group).where(Group.name == name))).scalar_one_or_none()
+            group: Group | None = (
+                await s.execute(select(Group).where(Group.name == name))
+            ).scalar_one_or_none()
             if group is None:
                 group = Group(name=name, description=description)
                 s.add(group)

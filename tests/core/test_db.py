@@ -12,7 +12,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import DatabaseUnavailable, check_database, create_engine, current_revision, migrate, session_factory
+from core.db import (
+    DatabaseUnavailable,
+    check_database,
+    create_engine,
+    current_revision,
+    migrate,
+    session_factory,
+)
 from idp.directory.models import Department, Group, Membership, User, UserStatus
 from onegate.models import metadata
 

@@ -94,8 +94,9 @@ async def test_compare_and_set(kv: KV) -> None:
 
 async def test_compare_and_set_lets_one_of_many_win(kv: KV) -> None:
     await kv.set("family", b"gen-0")
-    outcomes = await asyncio.gather(*(kv.compare_and_set("family", b"gen-0", f"gen-{i}".encode())
-                                      for i in range(1, 11)))
+    outcomes = await asyncio.gather(
+        *(kv.compare_and_set("family", b"gen-0", f"gen-{i}".encode()) for i in range(1, 11))
+    )
     assert outcomes.count(True) == 1
 
 

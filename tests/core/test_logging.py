@@ -106,8 +106,9 @@ def test_stdlib_records_are_json_and_redacted(captured: Captured) -> None:
         ({"path": "/callback?code=xyz123&state=s"}, "xyz123"),
     ],
 )
-def test_sensitive_values_never_reach_the_log(captured: Captured, fields: dict[str, Any],
-                                              secret: str) -> None:
+def test_sensitive_values_never_reach_the_log(
+    captured: Captured, fields: dict[str, Any], secret: str
+) -> None:
     get_logger("onegate.test").info("event", **fields)
     assert secret not in captured.text
     assert REDACTED in captured.text
@@ -126,8 +127,20 @@ def test_exception_traceback_is_logged_but_scrubbed(captured: Captured) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["status_code", "error_code", "country_code", "status", "path", "method", "user_agent",
-     "duration_ms", "request_id", "key_id", "user", "event_count"],
+    [
+        "status_code",
+        "error_code",
+        "country_code",
+        "status",
+        "path",
+        "method",
+        "user_agent",
+        "duration_ms",
+        "request_id",
+        "key_id",
+        "user",
+        "event_count",
+    ],
 )
 def test_ordinary_keys_are_kept(key: str) -> None:
     assert not is_sensitive_key(key)
@@ -135,9 +148,27 @@ def test_ordinary_keys_are_kept(key: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["password", "new_password", "PASSWORD_HASH", "client_secret", "token", "id_token", "X-CSRF-Token",
-     "set-cookie", "Proxy-Authorization", "code", "auth_code", "user_code", "otp", "totp_seed", "pin",
-     "private_key", "x-api-key", "recovery_codes", "apiKey"],
+    [
+        "password",
+        "new_password",
+        "PASSWORD_HASH",
+        "client_secret",
+        "token",
+        "id_token",
+        "X-CSRF-Token",
+        "set-cookie",
+        "Proxy-Authorization",
+        "code",
+        "auth_code",
+        "user_code",
+        "otp",
+        "totp_seed",
+        "pin",
+        "private_key",
+        "x-api-key",
+        "recovery_codes",
+        "apiKey",
+    ],
 )
 def test_credential_keys_are_sensitive(key: str) -> None:
     assert is_sensitive_key(key)

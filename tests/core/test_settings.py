@@ -123,8 +123,10 @@ def _default(field: object) -> str:
 
 def test_documentation_lists_exactly_the_options_with_their_defaults() -> None:
     documented = _documented()
-    model = {name: (f"ONEGATE_{name.replace('.', '__').upper()}", _default(field))
-             for name, field in iter_options(Settings)}
+    model = {
+        name: (f"ONEGATE_{name.replace('.', '__').upper()}", _default(field))
+        for name, field in iter_options(Settings)
+    }
     assert set(documented) == set(model), "docs/configuration.md and core/settings.py name different options"
     for name, (env, default) in model.items():
         assert documented[name] == (env, default), f"docs/configuration.md is wrong about {name}"

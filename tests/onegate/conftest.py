@@ -23,9 +23,17 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @pytest.fixture
 def onegate() -> Run:
-    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*ONEGATE, *args], capture_output=True, text=True, env=clean_env(env),
-                              timeout=timeout, check=False)
+    def run(
+        *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*ONEGATE, *args],
+            capture_output=True,
+            text=True,
+            env=clean_env(env),
+            timeout=timeout,
+            check=False,
+        )
 
     return run
 

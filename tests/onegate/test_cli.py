@@ -82,7 +82,9 @@ def test_keys_rotate_prepublishes(onegate: Run, data_dir: Path) -> None:
     rotated = onegate("keys", "rotate", "--data-dir", str(data_dir), "--json")
     assert rotated.returncode == 0, rotated.stderr
     new = json.loads(rotated.stdout)
-    after = {k["kid"]: k for k in json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)}
+    after = {
+        k["kid"]: k for k in json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
+    }
     assert after[new["kid"]]["state"] == "pending"
     assert after[before[0]["kid"]]["state"] == "active"
     table = onegate("keys", "list", "--data-dir", str(data_dir))
@@ -115,8 +117,9 @@ def _one_line_error(result: object) -> str:
         ("kv:\n  backend: memcached\n", "option 'kv.backend'"),
     ],
 )
-def test_bad_configuration_is_one_line(onegate: Run, data_dir: Path, tmp_path: Path, yaml_text: str,
-                                       expected: str) -> None:
+def test_bad_configuration_is_one_line(
+    onegate: Run, data_dir: Path, tmp_path: Path, yaml_text: str, expected: str
+) -> None:
     config = tmp_path / "onegate.yaml"
     config.write_text(yaml_text)
     line = _one_line_error(onegate("init", "--data-dir", str(data_dir), "--config", str(config)))
@@ -129,8 +132,10 @@ def test_unknown_environment_option_is_one_line(onegate: Run, data_dir: Path) ->
 
 
 def test_unreachable_postgres_is_one_line(onegate: Run, data_dir: Path) -> None:
-    env = {"ONEGATE_DATABASE__URL": "postgresql+asyncpg://onegate:pw-secret@127.0.0.1:1/onegate",
-           "ONEGATE_DATABASE__CONNECT_TIMEOUT": "2"}
+    env = {
+        "ONEGATE_DATABASE__URL": "postgresql+asyncpg://onegate:pw-secret@127.0.0.1:1/onegate",
+        "ONEGATE_DATABASE__CONNECT_TIMEOUT": "2",
+    }
     line = _one_line_error(onegate("init", "--data-dir", str(data_dir), env=env))
     assert "127.0.0.1:1" in line and "unreachable" in line
     assert "pw-secret" not in line
@@ -138,8 +143,11 @@ def test_unreachable_postgres_is_one_line(onegate: Run, data_dir: Path) -> None:
 
 def test_unreachable_redis_is_one_line(onegate: Run, data_dir: Path) -> None:
     assert onegate("init", "--data-dir", str(data_dir)).returncode == 0
-    env = {"ONEGATE_KV__BACKEND": "redis", "ONEGATE_KV__URL": "redis://:pw-secret@127.0.0.1:1/0",
-           "ONEGATE_KV__CONNECT_TIMEOUT": "2"}
+    env = {
+        "ONEGATE_KV__BACKEND": "redis",
+        "ONEGATE_KV__URL": "redis://:pw-secret@127.0.0.1:1/0",
+        "ONEGATE_KV__CONNECT_TIMEOUT": "2",
+    }
     line = _one_line_error(onegate("serve", "--data-dir", str(data_dir), "--port", "0", env=env))
     assert "redis" in line and "127.0.0.1:1" in line
     assert "pw-secret" not in line

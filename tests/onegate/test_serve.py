@@ -17,8 +17,9 @@ from tests.onegate.conftest import ONEGATE, Run, clean_env
 
 class Server:
     def __init__(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*ONEGATE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=clean_env(env))
+        self.proc = subprocess.Popen(
+            [*ONEGATE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(env)
+        )
 
     def stop(self) -> tuple[int, str, str]:
         if self.proc.poll() is None:
@@ -81,7 +82,9 @@ def test_demo_routes_roles_by_host_name(demo: tuple[Server, dict[str, object]]) 
     idp = httpx.get(base, headers={"Host": f"idp.localhost:{info['port']}"}, timeout=5)
     assert idp.status_code == 200
     assert "统一身份认证" in idp.text and 'lang="zh-CN"' in idp.text
-    soc = httpx.get(base, headers={"Host": f"soc.localhost:{info['port']}", "Accept-Language": "en"}, timeout=5)
+    soc = httpx.get(
+        base, headers={"Host": f"soc.localhost:{info['port']}", "Accept-Language": "en"}, timeout=5
+    )
     assert "Security operations centre" in soc.text and 'lang="en"' in soc.text
     gateway = httpx.get(base, timeout=5)
     assert "零信任访问网关" in gateway.text
@@ -108,10 +111,15 @@ def test_second_demo_reuses_the_data_dir(data_dir: Path) -> None:
     assert sorted(p.name for p in (data_dir / "keys" / "signing").iterdir()) == keys
 
 
-def test_serve_on_postgresql_and_redis(onegate: Run, data_dir: Path, fresh_postgres_url: str, redis_url: str,
-                                       redis_prefix: str) -> None:
-    env = {"ONEGATE_DATABASE__URL": fresh_postgres_url, "ONEGATE_KV__BACKEND": "redis",
-           "ONEGATE_KV__URL": redis_url, "ONEGATE_KV__PREFIX": redis_prefix}
+def test_serve_on_postgresql_and_redis(
+    onegate: Run, data_dir: Path, fresh_postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    env = {
+        "ONEGATE_DATABASE__URL": fresh_postgres_url,
+        "ONEGATE_KV__BACKEND": "redis",
+        "ONEGATE_KV__URL": redis_url,
+        "ONEGATE_KV__PREFIX": redis_prefix,
+    }
     init = onegate("init", "--data-dir", str(data_dir), env=env)
     assert init.returncode == 0, init.stderr
     assert "postgresql+asyncpg" in init.stdout

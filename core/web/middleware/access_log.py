@@ -26,8 +26,13 @@ _MAX_USER_AGENT = 256
 class AccessLogMiddleware:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, logger_name: str = "onegate.access",
-                 quiet_paths: Collection[str] = ("/healthz", "/readyz", "/metrics")) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger_name: str = "onegate.access",
+        quiet_paths: Collection[str] = ("/healthz", "/readyz", "/metrics"),
+    ) -> None:
         self.app = app
         self.log = get_logger(logger_name)
         self.quiet_paths = frozenset(quiet_paths)
@@ -52,10 +57,12 @@ class AccessLogMiddleware:
             path = bytes(raw).split(b"?", 1)[0].decode("utf-8", "replace")[:_MAX_PATH]
             client = scope.get("client")
             log = self.log.debug if scope.get("path") in self.quiet_paths else self.log.info
-            log("request",
+            log(
+                "request",
                 method=scope["method"],
                 path=path,
                 status=status,
                 duration_ms=round((time.perf_counter() - start) * 1000, 2),
                 client_ip=client[0] if client else None,
-                user_agent=Headers(scope=scope).get("user-agent", "")[:_MAX_USER_AGENT])
+                user_agent=Headers(scope=scope).get("user-agent", "")[:_MAX_USER_AGENT],
+            )

@@ -113,9 +113,18 @@ class _Disconnected(Exception):
 class CSRFMiddleware:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, secret: bytes, on_reject: ProblemResponder, https: bool = False,
-                 exempt_paths: Collection[str] = (), exempt_prefixes: Sequence[str] = (),
-                 trusted_origins: Sequence[str] = (), max_body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        secret: bytes,
+        on_reject: ProblemResponder,
+        https: bool = False,
+        exempt_paths: Collection[str] = (),
+        exempt_prefixes: Sequence[str] = (),
+        trusted_origins: Sequence[str] = (),
+        max_body_bytes: int = 1 << 20,
+    ) -> None:
         if len(secret) < 32:
             raise ValueError("CSRFMiddleware: secret must be at least 32 random bytes")
         for prefix in exempt_prefixes:
@@ -123,8 +132,9 @@ class CSRFMiddleware:
                 raise ValueError(f"CSRFMiddleware: exempt prefix {prefix!r} must start and end with '/'")
         trusted = [_origin(origin) for origin in trusted_origins]
         if None in trusted:
-            raise ValueError(f"CSRFMiddleware: trusted_origins must be scheme://host[:port], "
-                             f"got {list(trusted_origins)}")
+            raise ValueError(
+                f"CSRFMiddleware: trusted_origins must be scheme://host[:port], got {list(trusted_origins)}"
+            )
         self.app = app
         self._secret = secret
         self._on_reject = on_reject
@@ -174,8 +184,8 @@ class CSRFMiddleware:
         # The decoded, root-relative path: the same one the router matches on.
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
-        if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
-            path = path[len(root):] or "/"
+        if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+            path = path[len(root) :] or "/"
         return path in self._exempt_paths or path.startswith(self._exempt_prefixes)
 
     def _own_origin(self, scope: Scope, headers: Headers) -> str | None:
@@ -189,8 +199,9 @@ class CSRFMiddleware:
             raise _Rejected(CSRFFailure.CROSS_SITE)
         if "origin" in headers:
             origin = _origin(headers["origin"])
-            if origin is None or (origin != self._own_origin(scope, headers)
-                                  and origin not in self._trusted_origins):
+            if origin is None or (
+                origin != self._own_origin(scope, headers) and origin not in self._trusted_origins
+            ):
                 raise _Rejected(CSRFFailure.ORIGIN_MISMATCH)
         if state.is_new:
             raise _Rejected(CSRFFailure.COOKIE_MISSING)
@@ -225,8 +236,9 @@ class CSRFMiddleware:
                 return b"".join(chunks)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, failure: CSRFFailure) -> None:
-        _log.warning("csrf_rejected", reason=failure.value, method=scope["method"],
-                     path=str(scope["path"])[:256])
+        _log.warning(
+            "csrf_rejected", reason=failure.value, method=scope["method"], path=str(scope["path"])[:256]
+        )
         if failure is CSRFFailure.BODY_TOO_LARGE:
             problem = HTTPProblem(ErrorCode.PAYLOAD_TOO_LARGE, reason=failure.value)
         elif failure is CSRFFailure.MALFORMED_BODY:

@@ -27,8 +27,9 @@ _log = get_logger("onegate.errors")
 class ErrorsMiddleware:
     """See the module docstring. ``security_headers`` is the static set to apply."""
 
-    def __init__(self, app: ASGIApp, *, renderer: ProblemRenderer,
-                 security_headers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, *, renderer: ProblemRenderer, security_headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.app = app
         self.renderer = renderer
         self.security_headers = tuple(security_headers)
@@ -52,8 +53,13 @@ class ErrorsMiddleware:
             request_id = state.get("request_id")
             problem = self.renderer.problem_for(exc)
             if started or (not isinstance(exc, HTTPProblem) and problem.status >= 500):
-                _log.exception("unhandled_exception", request_id=request_id, method=scope.get("method"),
-                               path=str(scope.get("path", ""))[:256], exc_type=type(exc).__name__)
+                _log.exception(
+                    "unhandled_exception",
+                    request_id=request_id,
+                    method=scope.get("method"),
+                    path=str(scope.get("path", ""))[:256],
+                    exc_type=type(exc).__name__,
+                )
             if started:
                 raise
             response = self.renderer.response(Request(scope, receive), problem)

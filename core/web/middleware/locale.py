@@ -25,8 +25,9 @@ _ONE_YEAR = 365 * 24 * 3600
 class LocaleMiddleware:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, locales: Sequence[str], default_locale: str,
-                 https: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, *, locales: Sequence[str], default_locale: str, https: bool = False
+    ) -> None:
         if default_locale not in locales:
             raise ValueError(f"LocaleMiddleware: default_locale {default_locale!r} not in {list(locales)}")
         self.app = app
@@ -59,7 +60,8 @@ class LocaleMiddleware:
                 secure = "; Secure" if self.https else ""
                 MutableHeaders(scope=message).append(
                     "set-cookie",
-                    f"{LOCALE_COOKIE}={chosen}; Path=/; Max-Age={_ONE_YEAR}; HttpOnly; SameSite=Lax{secure}")
+                    f"{LOCALE_COOKIE}={chosen}; Path=/; Max-Age={_ONE_YEAR}; HttpOnly; SameSite=Lax{secure}",
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)

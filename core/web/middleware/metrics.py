@@ -25,13 +25,24 @@ class HTTPMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str = "onegate") -> None:
         self.registry = registry
-        self.requests = Counter("http_requests", "HTTP requests served.", ["method", "route", "status"],
-                                namespace=namespace, registry=registry)
-        self.duration = Histogram("http_request_duration_seconds", "HTTP request latency in seconds.",
-                                  ["method", "route"], namespace=namespace, registry=registry,
-                                  buckets=_BUCKETS)
-        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being served.",
-                               namespace=namespace, registry=registry)
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests served.",
+            ["method", "route", "status"],
+            namespace=namespace,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency in seconds.",
+            ["method", "route"],
+            namespace=namespace,
+            registry=registry,
+            buckets=_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being served.", namespace=namespace, registry=registry
+        )
 
 
 def route_template(scope: Scope, base_root_path: str = "") -> str:
@@ -40,7 +51,7 @@ def route_template(scope: Scope, base_root_path: str = "") -> str:
     if route is None:
         return "unmatched"
     root = str(scope.get("root_path", ""))
-    prefix = root[len(base_root_path):] if root.startswith(base_root_path) else root
+    prefix = root[len(base_root_path) :] if root.startswith(base_root_path) else root
     if isinstance(route, Mount):  # a mounted non-router app (static files): the mount itself
         return f"{prefix.rstrip('/')}/{{path}}"
     path_format = getattr(route, "path_format", None)

@@ -35,8 +35,9 @@ class RequestIdMiddleware:
     prefer that); ``generate`` is injectable for tests.
     """
 
-    def __init__(self, app: ASGIApp, *, trust_incoming: bool = True,
-                 generate: Callable[[], str] = _new_request_id) -> None:
+    def __init__(
+        self, app: ASGIApp, *, trust_incoming: bool = True, generate: Callable[[], str] = _new_request_id
+    ) -> None:
         self.app = app
         self.trust_incoming = trust_incoming
         self.generate = generate

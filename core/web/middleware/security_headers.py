@@ -38,8 +38,10 @@ def security_headers(*, https: bool, form_action: Sequence[str] = ("'self'",)) -
     for source in form_action:
         if not _SOURCE.fullmatch(source):
             raise ValueError(f"form_action: {source!r} is not a CSP source expression")
-    csp = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-           f"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action {' '.join(form_action)}")
+    csp = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action {' '.join(form_action)}"
+    )
     headers = [
         ("content-security-policy", csp),
         ("x-content-type-options", "nosniff"),

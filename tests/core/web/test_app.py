@@ -52,20 +52,34 @@ def client_for(app: Starlette, base_url: str = "http://testserver") -> httpx.Asy
 
 
 def test_stack_order_is_fixed() -> None:
-    app = create_web_app(name="test", routes=[], csrf_secret=SECRET, trusted_hosts=["testserver"],
-                         extra_middleware=[Middleware(SeesState, seen=[])])
+    app = create_web_app(
+        name="test",
+        routes=[],
+        csrf_secret=SECRET,
+        trusted_hosts=["testserver"],
+        extra_middleware=[Middleware(SeesState, seen=[])],
+    )
     layers = []
     node: Any = app.middleware_stack
     while node is not None and not isinstance(node, type(app.router)):
         layers.append(type(node))
         node = getattr(node, "app", None)
     names = [cls.__name__ for cls in layers]
-    ours = [ErrorsMiddleware, RequestIdMiddleware, AccessLogMiddleware, MetricsMiddleware,
-            SecurityHeadersMiddleware]
+    ours = [
+        ErrorsMiddleware,
+        RequestIdMiddleware,
+        AccessLogMiddleware,
+        MetricsMiddleware,
+        SecurityHeadersMiddleware,
+    ]
     start = names.index("ErrorsMiddleware")
-    assert layers[start:start + 5] == ours
-    assert names[start + 5:start + 9] == [
-        "TrustedHostMiddleware", "LocaleMiddleware", "CSRFMiddleware", "SeesState"]
+    assert layers[start : start + 5] == ours
+    assert names[start + 5 : start + 9] == [
+        "TrustedHostMiddleware",
+        "LocaleMiddleware",
+        "CSRFMiddleware",
+        "SeesState",
+    ]
     assert names[0] == "ServerErrorMiddleware"  # Starlette's own last resort, never reached in practice
     assert names[-1] == "ExceptionMiddleware"
     assert LocaleMiddleware in layers
@@ -103,8 +117,12 @@ def test_bad_configuration_names_the_argument(kwargs: dict[str, Any], match: str
 
 async def test_extra_middleware_runs_innermost_with_the_core_state() -> None:
     seen: list[dict[str, Any]] = []
-    app = create_web_app(name="test", routes=[Route("/", hello)], csrf_secret=SECRET,
-                         extra_middleware=[Middleware(SeesState, seen=seen)])
+    app = create_web_app(
+        name="test",
+        routes=[Route("/", hello)],
+        csrf_secret=SECRET,
+        extra_middleware=[Middleware(SeesState, seen=seen)],
+    )
     async with client_for(app) as client:
         response = await client.get("/?ui_locales=en")
     assert response.json() == {"hello": "en"}
@@ -115,10 +133,13 @@ async def test_extra_middleware_runs_innermost_with_the_core_state() -> None:
 
 
 async def test_trusted_hosts() -> None:
-    app = create_web_app(name="test", routes=[Route("/", hello)], csrf_secret=SECRET,
-                         trusted_hosts=["idp.city.example"])
-    async with client_for(app, "http://idp.city.example") as good, \
-            client_for(app, "http://evil.example") as bad:
+    app = create_web_app(
+        name="test", routes=[Route("/", hello)], csrf_secret=SECRET, trusted_hosts=["idp.city.example"]
+    )
+    async with (
+        client_for(app, "http://idp.city.example") as good,
+        client_for(app, "http://evil.example") as bad,
+    ):
         assert (await good.get("/")).status_code == 200
         refused = await bad.get("/")
     assert refused.status_code == 400

@@ -23,8 +23,13 @@ async def forbidden(request: Request) -> Response:
 
 
 async def custom(request: Request) -> Response:
-    raise HTTPProblem(ErrorCode.BAD_REQUEST, reason="redirect_uri_mismatch", message_zh="回调地址未注册。",
-                      message_en="The redirect URI is not registered.", headers={"x-extra": "1"})
+    raise HTTPProblem(
+        ErrorCode.BAD_REQUEST,
+        reason="redirect_uri_mismatch",
+        message_zh="回调地址未注册。",
+        message_en="The redirect URI is not registered.",
+        headers={"x-extra": "1"},
+    )
 
 
 async def starlette_401(request: Request) -> Response:
@@ -37,9 +42,14 @@ async def teapot(request: Request) -> Response:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    routes = [Route("/forbidden", forbidden), Route("/custom", custom), Route("/auth", starlette_401),
-              Route("/teapot", teapot), Route("/only-post", forbidden, methods=["POST"]),
-              Route("/api/thing", forbidden)]
+    routes = [
+        Route("/forbidden", forbidden),
+        Route("/custom", custom),
+        Route("/auth", starlette_401),
+        Route("/teapot", teapot),
+        Route("/only-post", forbidden, methods=["POST"]),
+        Route("/api/thing", forbidden),
+    ]
     app = create_web_app(name="test", routes=routes, csrf_secret=SECRET, json_path_prefixes=["/api/"])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
@@ -81,10 +91,12 @@ async def test_http_problem_default_message(client: httpx.AsyncClient) -> None:
     assert "您没有访问此页面的权限。" in response.text
 
 
-@pytest.mark.parametrize(("language", "message"), [("zh-CN", "回调地址未注册。"),
-                                                   ("en", "The redirect URI is not registered.")])
-async def test_http_problem_own_messages_and_reason(client: httpx.AsyncClient, language: str,
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("language", "message"), [("zh-CN", "回调地址未注册。"), ("en", "The redirect URI is not registered.")]
+)
+async def test_http_problem_own_messages_and_reason(
+    client: httpx.AsyncClient, language: str, message: str
+) -> None:
     response = await client.get("/custom", headers={**JSON, "accept-language": language})
     assert response.status_code == 400
     assert response.headers["x-extra"] == "1"
@@ -130,8 +142,15 @@ async def test_json_path_prefix_forces_json(client: httpx.AsyncClient) -> None:
     ],
 )
 def test_wants_html(accept: str, html: bool) -> None:
-    request = Request({"type": "http", "method": "GET", "path": "/x", "query_string": b"",
-                       "headers": [(b"accept", accept.encode())]})
+    request = Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/x",
+            "query_string": b"",
+            "headers": [(b"accept", accept.encode())],
+        }
+    )
     assert wants_html(request) is html
 
 

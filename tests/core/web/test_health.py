@@ -15,8 +15,9 @@ SECRET = b"k" * 32
 
 
 def client_for(checks: dict[str, ReadinessCheck], timeout: float = 2.0) -> httpx.AsyncClient:
-    app = create_web_app(name="test", routes=[], csrf_secret=SECRET, readiness_checks=checks,
-                         readiness_timeout=timeout)
+    app = create_web_app(
+        name="test", routes=[], csrf_secret=SECRET, readiness_checks=checks, readiness_timeout=timeout
+    )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 

@@ -78,7 +78,9 @@ def test_role_catalogs_merge_over_core(tmp_path: Path) -> None:
     (po_dir / "messages.po").write_text(
         'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=utf-8\\n"\n\n'
         'msgid "Sign in"\nmsgstr "登录"\n\nmsgid "Reason"\nmsgstr "理由"\n\n'
-        '#, fuzzy\nmsgid "Unreviewed"\nmsgstr "未审校"\n', encoding="utf-8")
+        '#, fuzzy\nmsgid "Unreviewed"\nmsgstr "未审校"\n',
+        encoding="utf-8",
+    )
     catalogs = Catalogs.load(locales=SUPPORTED, default_locale="zh_CN", locale_dirs=[tmp_path])
     assert catalogs.gettext("zh_CN", "Sign in") == "登录"
     assert catalogs.gettext("zh_CN", "Reason") == "理由"  # the role's wording wins

@@ -45,8 +45,9 @@ async def request(path: str, **kwargs: Any) -> httpx.Response:
 
 
 async def test_one_line_with_the_fields(log_stream: io.StringIO) -> None:
-    response = await request("/callback",
-                             headers={"user-agent": "Mozilla/5.0 Test", "x-request-id": "req-access-01"})
+    response = await request(
+        "/callback", headers={"user-agent": "Mozilla/5.0 Test", "x-request-id": "req-access-01"}
+    )
     (record,) = access_records(log_stream)
     assert record["event"] == "request"
     assert record["level"] == "info"
@@ -61,8 +62,10 @@ async def test_one_line_with_the_fields(log_stream: io.StringIO) -> None:
 
 
 async def test_query_strings_and_credential_headers_are_never_logged(log_stream: io.StringIO) -> None:
-    await request("/callback?code=AUTHZCODE123&state=xyz&access_token=TOKENVALUE",
-                  headers={"authorization": "Bearer BEARERSECRET", "cookie": "sid=COOKIESECRET"})
+    await request(
+        "/callback?code=AUTHZCODE123&state=xyz&access_token=TOKENVALUE",
+        headers={"authorization": "Bearer BEARERSECRET", "cookie": "sid=COOKIESECRET"},
+    )
     text = log_stream.getvalue()
     (record,) = access_records(log_stream)
     assert record["path"] == "/callback"

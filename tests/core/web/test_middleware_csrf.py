@@ -54,9 +54,16 @@ def make_app(tmp_path: Path, **kwargs: Any) -> Any:
         Route("/hooks/github/push", submit, methods=["POST"]),
         Route("/token", plain_token),
     ]
-    return create_web_app(name="test", routes=routes, csrf_secret=SECRET, template_dirs=[tmp_path],
-                          csrf_exempt_paths={"/oauth/token"}, csrf_exempt_prefixes=["/hooks/"],
-                          max_form_bytes=64 * 1024, **kwargs)
+    return create_web_app(
+        name="test",
+        routes=routes,
+        csrf_secret=SECRET,
+        template_dirs=[tmp_path],
+        csrf_exempt_paths={"/oauth/token"},
+        csrf_exempt_prefixes=["/hooks/"],
+        max_form_bytes=64 * 1024,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -112,8 +119,11 @@ async def test_correct_token_passes_and_the_handler_reads_the_form(client: httpx
 
 async def test_multipart_form_with_file_is_replayed(client: httpx.AsyncClient) -> None:
     token = await fetch_token(client)
-    response = await client.post("/submit", data={"csrf_token": token, "name": "n"},
-                                 files={"upload": ("a.csv", b"x" * 1000, "text/csv")})
+    response = await client.post(
+        "/submit",
+        data={"csrf_token": token, "name": "n"},
+        files={"upload": ("a.csv", b"x" * 1000, "text/csv")},
+    )
     assert response.status_code == 200
     assert response.json()["upload_size"] == 1000
 
@@ -152,8 +162,10 @@ async def test_non_ascii_token_is_refused_not_crashed(client: httpx.AsyncClient)
 async def test_token_from_another_browser_is_refused(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as alice, \
-            httpx.AsyncClient(transport=transport, base_url="http://testserver") as mallory:
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as alice,
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as mallory,
+    ):
         alice_token = await fetch_token(alice)
         mallory_token = await fetch_token(mallory)
         assert alice_token != mallory_token
@@ -184,7 +196,8 @@ async def test_request_without_the_cookie_is_refused(client: httpx.AsyncClient) 
     ],
 )
 async def test_cross_origin_requests_are_refused_even_with_a_valid_token(
-        client: httpx.AsyncClient, headers: dict[str, str], reason: str) -> None:
+    client: httpx.AsyncClient, headers: dict[str, str], reason: str
+) -> None:
     token = await fetch_token(client)
     response = await client.post("/submit", data={"csrf_token": token}, headers={**JSON, **headers})
     assert response.status_code == 403
@@ -248,8 +261,9 @@ async def test_oversized_chunked_form_is_413(client: httpx.AsyncClient) -> None:
         for _ in range(20):
             yield b"name=" + b"x" * 8192 + b"&"
 
-    response = await client.post("/submit", content=chunks(),
-                                 headers={**JSON, "content-type": "application/x-www-form-urlencoded"})
+    response = await client.post(
+        "/submit", content=chunks(), headers={**JSON, "content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 413
 
 
@@ -258,12 +272,15 @@ async def test_oversized_chunked_form_is_413(client: httpx.AsyncClient) -> None:
     [
         ("multipart/form-data", b"--zzz\r\ngarbage"),  # no boundary parameter
         ("multipart/form-data; boundary=abc", b"--zzz\r\ngarbage"),  # wrong boundary
-        ("multipart/form-data; boundary=abc",  # a part without a name
-         b"--abc\r\nContent-Disposition: form-data\r\n\r\nx\r\n--abc--\r\n"),
+        (
+            "multipart/form-data; boundary=abc",  # a part without a name
+            b"--abc\r\nContent-Disposition: form-data\r\n\r\nx\r\n--abc--\r\n",
+        ),
     ],
 )
-async def test_malformed_form_is_400_not_500(client: httpx.AsyncClient, content_type: str,
-                                             body: bytes) -> None:
+async def test_malformed_form_is_400_not_500(
+    client: httpx.AsyncClient, content_type: str, body: bytes
+) -> None:
     await fetch_token(client)
     response = await client.post("/submit", content=body, headers={**JSON, "content-type": content_type})
     assert response.status_code == 400
@@ -294,12 +311,14 @@ async def test_https_uses_host_prefixed_secure_cookie(tmp_path: Path) -> None:
         assert "Domain" not in cookie
         token = re.search(r'value="([^"]+)"', response.text)
         assert token
-        ok = await c.post("/submit", data={"csrf_token": token.group(1)},
-                          headers={"origin": "https://testserver"})
+        ok = await c.post(
+            "/submit", data={"csrf_token": token.group(1)}, headers={"origin": "https://testserver"}
+        )
         assert ok.status_code == 200
         # an http:// origin is not our https origin
-        refused = await c.post("/submit", data={"csrf_token": token.group(1)},
-                               headers={"origin": "http://testserver", **JSON})
+        refused = await c.post(
+            "/submit", data={"csrf_token": token.group(1)}, headers={"origin": "http://testserver", **JSON}
+        )
         assert refused.status_code == 403
 
 

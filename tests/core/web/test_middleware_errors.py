@@ -50,8 +50,12 @@ class RaisingMiddleware:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_web_app(name="test", routes=[Route("/boom", boom), Route("/late", late_boom)],
-                         csrf_secret=SECRET, extra_middleware=[Middleware(RaisingMiddleware)])
+    app = create_web_app(
+        name="test",
+        routes=[Route("/boom", boom), Route("/late", late_boom)],
+        csrf_secret=SECRET,
+        extra_middleware=[Middleware(RaisingMiddleware)],
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
 
@@ -69,8 +73,9 @@ def assert_nothing_leaks(text: str) -> None:
         assert needle not in text, needle
 
 
-async def test_exception_becomes_500_page_with_request_id(client: httpx.AsyncClient,
-                                                           log_stream: io.StringIO) -> None:
+async def test_exception_becomes_500_page_with_request_id(
+    client: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
     response = await client.get("/boom", headers={"accept": "text/html", "x-request-id": "req-boom-0001"})
     assert response.status_code == 500
     assert response.headers["content-type"].startswith("text/html")
@@ -92,9 +97,11 @@ async def test_exception_becomes_500_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/boom", headers={"accept": "application/json", "accept-language": "en"})
     assert response.status_code == 500
     body = response.json()
-    assert body == {"error": "internal_error",
-                    "message": "Something went wrong on our side. Please try again later.",
-                    "request_id": response.headers["x-request-id"]}
+    assert body == {
+        "error": "internal_error",
+        "message": "Something went wrong on our side. Please try again later.",
+        "request_id": response.headers["x-request-id"],
+    }
     assert_nothing_leaks(response.text)
 
 
@@ -115,7 +122,8 @@ async def test_crash_in_a_middleware_is_a_500(client: httpx.AsyncClient) -> None
 
 
 async def test_failure_after_the_response_started_is_reraised(
-        client: httpx.AsyncClient, log_stream: io.StringIO) -> None:
+    client: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
     with pytest.raises(RuntimeError, match="mid-stream"):
         await client.get("/late")
     assert "unhandled_exception" in log_stream.getvalue()

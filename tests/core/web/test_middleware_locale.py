@@ -43,8 +43,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         ("", "garbage", "garbage;q=abc", "zh_CN"),
     ],
 )
-async def test_selection_order(client: httpx.AsyncClient, query: str, cookie: str | None,
-                               accept_language: str | None, expected: str) -> None:
+async def test_selection_order(
+    client: httpx.AsyncClient, query: str, cookie: str | None, accept_language: str | None, expected: str
+) -> None:
     headers = {}
     if cookie is not None:
         headers["cookie"] = f"onegate_locale={cookie}"
@@ -63,8 +64,9 @@ async def test_selection_order(client: httpx.AsyncClient, query: str, cookie: st
         ("?ui_locales=zh-Hans", {"cookie": "onegate_locale=en"}, ZH_404, "zh-CN"),
     ],
 )
-async def test_pages_render_in_the_chosen_language(client: httpx.AsyncClient, query: str,
-                                                   headers: dict[str, str], text: str, lang: str) -> None:
+async def test_pages_render_in_the_chosen_language(
+    client: httpx.AsyncClient, query: str, headers: dict[str, str], text: str, lang: str
+) -> None:
     response = await client.get(f"/nowhere{query}", headers={"accept": "text/html", **headers})
     assert response.status_code == 404
     assert text in response.text
@@ -98,5 +100,6 @@ async def test_secure_cookie_with_https() -> None:
 
 def test_default_locale_must_be_supported() -> None:
     with pytest.raises(ValueError, match="default_locale"):
-        create_web_app(name="test", routes=[], csrf_secret=SECRET, default_locale="fr",
-                       locales=("zh_CN", "en"))
+        create_web_app(
+            name="test", routes=[], csrf_secret=SECRET, default_locale="fr", locales=("zh_CN", "en")
+        )

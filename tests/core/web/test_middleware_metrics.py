@@ -29,8 +29,11 @@ async def fail(request: Request) -> Response:
 
 
 def make_client() -> tuple[httpx.AsyncClient, CollectorRegistry]:
-    routes = [Route("/users/{user_id}", user), Route("/fail", fail),
-              Mount("/admin", app=Router([Route("/groups/{group_id:int}", group)]))]
+    routes = [
+        Route("/users/{user_id}", user),
+        Route("/fail", fail),
+        Mount("/admin", app=Router([Route("/groups/{group_id:int}", group)])),
+    ]
     app = create_web_app(name="test", routes=routes, csrf_secret=SECRET)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
     return client, app.state.metrics_registry
@@ -46,8 +49,14 @@ async def test_counter_uses_the_route_template() -> None:
         for user_id in ("alice", "bob", "carol"):
             assert (await client.get(f"/users/{user_id}")).status_code == 200
         text = (await client.get("/metrics")).text
-    assert sample(registry, "onegate_http_requests_total",
-                  {"method": "GET", "route": "/users/{user_id}", "status": "2xx"}) == 3
+    assert (
+        sample(
+            registry,
+            "onegate_http_requests_total",
+            {"method": "GET", "route": "/users/{user_id}", "status": "2xx"},
+        )
+        == 3
+    )
     assert 'onegate_http_requests_total{method="GET",route="/users/{user_id}",status="2xx"} 3.0' in text
     assert "alice" not in text
     assert "bob" not in text
@@ -59,10 +68,16 @@ async def test_unmatched_and_error_classes() -> None:
         for path in ("/random/1", "/random/2", "/.env"):
             assert (await client.get(path)).status_code == 404
         assert (await client.get("/fail")).status_code == 500
-    assert sample(registry, "onegate_http_requests_total",
-                  {"method": "GET", "route": "unmatched", "status": "4xx"}) == 3
-    assert sample(registry, "onegate_http_requests_total",
-                  {"method": "GET", "route": "/fail", "status": "5xx"}) == 1
+    assert (
+        sample(
+            registry, "onegate_http_requests_total", {"method": "GET", "route": "unmatched", "status": "4xx"}
+        )
+        == 3
+    )
+    assert (
+        sample(registry, "onegate_http_requests_total", {"method": "GET", "route": "/fail", "status": "5xx"})
+        == 1
+    )
 
 
 async def test_mounted_routes_and_static_files() -> None:
@@ -70,10 +85,22 @@ async def test_mounted_routes_and_static_files() -> None:
     async with client:
         assert (await client.get("/admin/groups/7")).status_code == 200
         assert (await client.get("/static/onegate.css")).status_code == 200
-    assert sample(registry, "onegate_http_requests_total",
-                  {"method": "GET", "route": "/admin/groups/{group_id}", "status": "2xx"}) == 1
-    assert sample(registry, "onegate_http_requests_total",
-                  {"method": "GET", "route": "/static/{path}", "status": "2xx"}) == 1
+    assert (
+        sample(
+            registry,
+            "onegate_http_requests_total",
+            {"method": "GET", "route": "/admin/groups/{group_id}", "status": "2xx"},
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry,
+            "onegate_http_requests_total",
+            {"method": "GET", "route": "/static/{path}", "status": "2xx"},
+        )
+        == 1
+    )
 
 
 async def test_unknown_methods_are_folded() -> None:
@@ -89,8 +116,14 @@ async def test_latency_histogram_and_in_flight_gauge() -> None:
     client, registry = make_client()
     async with client:
         await client.get("/users/a")
-    assert sample(registry, "onegate_http_request_duration_seconds_count",
-                  {"method": "GET", "route": "/users/{user_id}"}) == 1
+    assert (
+        sample(
+            registry,
+            "onegate_http_request_duration_seconds_count",
+            {"method": "GET", "route": "/users/{user_id}"},
+        )
+        == 1
+    )
     assert sample(registry, "onegate_http_requests_in_flight", {}) == 0
 
 

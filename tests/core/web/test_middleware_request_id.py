@@ -49,7 +49,7 @@ async def test_well_formed_incoming_id_is_kept(client: httpx.AsyncClient, incomi
 
 @pytest.mark.parametrize(
     "incoming",
-    ["short", "A" * 65, "has space inside", "evil\"quote12", "line\\nbreak12", "路径注入-abcdefgh", ""],
+    ["short", "A" * 65, "has space inside", 'evil"quote12', "line\\nbreak12", "路径注入-abcdefgh", ""],
 )
 async def test_malformed_incoming_id_is_replaced(client: httpx.AsyncClient, incoming: str) -> None:
     response = await client.get("/echo", headers={"x-request-id": incoming.encode()})
@@ -66,15 +66,17 @@ async def test_each_request_gets_its_own_id(client: httpx.AsyncClient) -> None:
 
 
 async def test_id_is_on_error_responses_too(client: httpx.AsyncClient) -> None:
-    response = await client.get("/missing",
-                                headers={"x-request-id": "trace-00000001", "accept": "application/json"})
+    response = await client.get(
+        "/missing", headers={"x-request-id": "trace-00000001", "accept": "application/json"}
+    )
     assert response.status_code == 404
     assert response.headers["x-request-id"] == "trace-00000001"
     assert response.json()["request_id"] == "trace-00000001"
 
 
 async def test_every_log_line_of_the_request_carries_the_id(
-        client: httpx.AsyncClient, log_stream: io.StringIO) -> None:
+    client: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
     await client.get("/echo", headers={"x-request-id": "trace-12345678"})
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     ours = [r for r in records if r["logger"] in ("onegate.test", "onegate.access")]

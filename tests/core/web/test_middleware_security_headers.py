@@ -14,8 +14,10 @@ from core.web import create_web_app
 from core.web.middleware.security_headers import security_headers
 
 SECRET = b"h" * 32
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 
 
 async def page(request: Request) -> Response:
@@ -23,8 +25,13 @@ async def page(request: Request) -> Response:
 
 
 async def loosened(request: Request) -> Response:
-    return HTMLResponse("<p>map</p>", headers={"content-security-policy": "default-src 'self' https://tiles.example",
-                                               "cache-control": "private, max-age=60"})
+    return HTMLResponse(
+        "<p>map</p>",
+        headers={
+            "content-security-policy": "default-src 'self' https://tiles.example",
+            "cache-control": "private, max-age=60",
+        },
+    )
 
 
 async def text(request: Request) -> Response:
@@ -39,8 +46,13 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("boom")
 
 
-ROUTES = [Route("/page", page), Route("/loosened", loosened), Route("/text", text), Route("/data", data),
-          Route("/boom", boom)]
+ROUTES = [
+    Route("/page", page),
+    Route("/loosened", loosened),
+    Route("/text", text),
+    Route("/data", data),
+    Route("/boom", boom),
+]
 
 
 def client_for(**kwargs: Any) -> httpx.AsyncClient:
@@ -57,10 +69,19 @@ BASELINE = {
 }
 
 
-@pytest.mark.parametrize(("path", "accept"), [("/page", "text/html"), ("/text", "*/*"), ("/data", "*/*"),
-                                              ("/missing", "text/html"), ("/boom", "text/html"),
-                                              ("/boom", "application/json"), ("/static/onegate.css", "*/*"),
-                                              ("/healthz", "*/*")])
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/page", "text/html"),
+        ("/text", "*/*"),
+        ("/data", "*/*"),
+        ("/missing", "text/html"),
+        ("/boom", "text/html"),
+        ("/boom", "application/json"),
+        ("/static/onegate.css", "*/*"),
+        ("/healthz", "*/*"),
+    ],
+)
 async def test_baseline_on_every_response(path: str, accept: str) -> None:
     async with client_for() as client:
         response = await client.get(path, headers={"accept": accept})
@@ -78,8 +99,10 @@ async def test_hsts_only_with_https() -> None:
     assert error.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
 
 
-@pytest.mark.parametrize(("path", "expected"), [("/page", "no-store"), ("/data", "no-store"), ("/text", None),
-                                                ("/boom", "no-store")])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/page", "no-store"), ("/data", "no-store"), ("/text", None), ("/boom", "no-store")],
+)
 async def test_no_store_on_html_and_json(path: str, expected: str | None) -> None:
     async with client_for() as client:
         response = await client.get(path)

@@ -20,8 +20,9 @@ def write(directory: Path, name: str, text: str) -> None:
     (directory / name).write_text(text, encoding="utf-8")
 
 
-def app_with(tmp_path: Path, page: str, context: dict[str, object] | None = None,
-             **kwargs: object) -> httpx.AsyncClient:
+def app_with(
+    tmp_path: Path, page: str, context: dict[str, object] | None = None, **kwargs: object
+) -> httpx.AsyncClient:
     write(tmp_path, "page.html", page)
 
     async def endpoint(request: Request) -> Response:
@@ -95,8 +96,9 @@ async def test_role_templates_override_and_globals_filters(tmp_path: Path) -> No
     async def endpoint(request: Request) -> Response:
         return request.app.state.templates.render(request, "page.html")
 
-    app = create_web_app(name="test", routes=[Route("/page", endpoint)], csrf_secret=SECRET,
-                         template_dirs=[tmp_path])
+    app = create_web_app(
+        name="test", routes=[Route("/page", endpoint)], csrf_secret=SECRET, template_dirs=[tmp_path]
+    )
     app.state.templates.add_global("product", "OneGate")
     app.state.templates.add_filter("shout", str.upper)
     transport = httpx.ASGITransport(app=app)
