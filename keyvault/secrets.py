@@ -12,7 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keyvault.envelope import Envelope
-from keyvault.store import create_private_file, ensure_private_dir, locked, read_private_file
+from keyvault.store import (
+    create_private_file,
+    ensure_private_dir,
+    locked,
+    read_private_file,
+    replace_private_file,
+)
 
 __all__ = ["SecretStore"]
 
@@ -55,3 +61,17 @@ class SecretStore:
                 create_private_file(path, self._envelope.encrypt(value, aad))
         self._cache[name] = value
         return value
+
+    def rewrap(self) -> int:
+        """Re-wrap every stored secret under the active master key; the number changed."""
+        if not self._directory.is_dir():
+            return 0
+        changed = 0
+        with locked(self._directory / ".lock"):
+            for path in sorted(self._directory.glob("*.bin")):
+                blob = read_private_file(path)
+                rewrapped = self._envelope.rewrap(blob)
+                if rewrapped != blob:
+                    replace_private_file(path, rewrapped)
+                    changed += 1
+        return changed

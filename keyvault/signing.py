@@ -449,6 +449,23 @@ class SigningKeyring:
         self._mutate(drop)
         return purged
 
+    def rewrap(self) -> int:
+        """Re-wrap every stored private key under the active master key; the number changed."""
+        self._tick()
+        changed: list[str] = []
+
+        def rewrap_all(records: list[_Record], now: float) -> list[_Record]:
+            out = []
+            for r in records:
+                blob = self._envelope.rewrap(r.private_key)
+                if blob != r.private_key:
+                    changed.append(r.kid)
+                out.append(dataclasses.replace(r, private_key=blob))
+            return out
+
+        self._mutate(rewrap_all)
+        return len(changed)
+
     def sign(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
         """Sign ``claims`` with the active key; return a compact JWT (RFC 7519 §7.1).
 

@@ -37,6 +37,14 @@ class Keyvault:
     signing: SigningKeyring
     secrets: SecretStore
 
+    def rewrap(self) -> dict[str, int]:
+        """Re-wrap everything this vault stores under the active master key (after a rotation).
+
+        Returns how many records of each kind changed. Records kept by other components (in
+        the database) are re-wrapped by them with :meth:`Envelope.rewrap`.
+        """
+        return {"signing_keys": self.signing.rewrap(), "secrets": self.secrets.rewrap()}
+
 
 def signing_dir(data_dir: Path) -> Path:
     """Where signing keys are stored: ``<data_dir>/keys/signing``."""

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.web import N_, create_web_app
+from onegate.bootstrap import CSRF_KEY_NAME
 from onegate.hosts import HostRouter
 from onegate.runtime import Runtime
 
@@ -52,7 +53,7 @@ def role_app(runtime: Runtime, role: str) -> Starlette:
     return create_web_app(
         name=role,
         routes=[Route("/", _home(role), methods=["GET"])],
-        csrf_secret=runtime.vault.secrets.get_or_create("csrf"),
+        csrf_secret=runtime.vault.secrets.get_or_create(CSRF_KEY_NAME),
         readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
         template_dirs=[HERE / "templates"],
         locale_dirs=[HERE / "locale"],

@@ -11,9 +11,10 @@ from idp.directory.passwords import PasswordHashing, generate_password
 from keyvault import KeyvaultError, init_keyvault
 from onegate.runtime import MIGRATIONS, StartupError, open_runtime
 
-__all__ = ["ADMIN_GROUPS", "ADMIN_USERNAME", "InitResult", "initialise"]
+__all__ = ["ADMIN_GROUPS", "ADMIN_USERNAME", "CSRF_KEY_NAME", "InitResult", "initialise"]
 
 ADMIN_USERNAME = "admin"
+CSRF_KEY_NAME = "csrf"
 # The three separated administrator roles (三员分立); none can do another's work.
 ADMIN_GROUPS = {
     "sys-admins": "系统管理员 System administrators: users, applications, keys",
@@ -38,13 +39,14 @@ async def initialise(settings: Settings) -> InitResult:
     data_dir.chmod(0o700)
     options = settings.keyvault
     try:
-        init_keyvault(
+        vault = init_keyvault(
             data_dir,
             suite=options.suite,
             signing_alg=options.signing_alg,
             prepublish_seconds=options.prepublish_seconds,
             retire_after_seconds=options.retire_after_seconds,
         )
+        vault.secrets.get_or_create(CSRF_KEY_NAME)
     except KeyvaultError as e:
         raise StartupError(str(e)) from e
     engine = create_engine(settings.database_url, connect_timeout=settings.database.connect_timeout)

@@ -21,7 +21,13 @@ import typer
 
 from core.logging import configure_logging
 from core.settings import ConfigError, Settings, load_settings
-from keyvault import KeyvaultError
+from keyvault import (
+    ENV_MASTER_KEY,
+    ENV_MASTER_KEY_PREVIOUS,
+    KeyvaultError,
+    master_key_path,
+    rotate_master_key,
+)
 from onegate import __version__
 from onegate.runtime import StartupError, open_vault
 
@@ -34,7 +40,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="Signing keys: list and rotate.", no_args_is_help=True)
+keys_app = typer.Typer(help="Keys: signing keys and the master key.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[
@@ -180,6 +186,55 @@ def keys_rotate(data_dir: DataDir = None, config: ConfigFile = None, as_json: Js
         f"new signing key {record['kid']} ({record['alg']}): published now, signs from "
         f"{_when(record['activates_at'])}"
     )
+
+
+@keys_app.command("purge")
+def keys_purge(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """Delete retired signing keys whose tokens have all expired."""
+    settings = settings_from(data_dir, config)
+    purged = _vault_call(lambda: open_vault(settings).signing.purge())
+    if as_json:
+        emit_json({"purged": purged})
+        return
+    typer.echo(f"purged {len(purged)} retired key(s)" + "".join(f"\n  {kid}" for kid in purged))
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """Add a new master key to the key file, make it active and re-wrap the data keys under it."""
+    settings = settings_from(data_dir, config)
+    if os.environ.get(ENV_MASTER_KEY, "").strip():
+        raise fail(
+            f"the master key comes from {ENV_MASTER_KEY}: put a new key there, the old one in "
+            f"{ENV_MASTER_KEY_PREVIOUS}, then run `onegate keys rewrap` (docs/keyvault.md)"
+        )
+
+    def rotate() -> dict[str, Any]:
+        new_id = rotate_master_key(master_key_path(settings.data_dir))
+        return {"active_master_key": new_id, "rewrapped": open_vault(settings).rewrap()}
+
+    _report_rewrap(_vault_call(rotate), as_json)
+
+
+@keys_app.command("rewrap")
+def keys_rewrap(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+    """Re-wrap every data key under the active master key (after a rotation in the environment)."""
+    settings = settings_from(data_dir, config)
+
+    def rewrap() -> dict[str, Any]:
+        vault = open_vault(settings)
+        return {"active_master_key": vault.keyring.active_id, "rewrapped": vault.rewrap()}
+
+    _report_rewrap(_vault_call(rewrap), as_json)
+
+
+def _report_rewrap(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result["rewrapped"].items())
+    typer.echo(f"active master key {result['active_master_key']}; re-wrapped {counts}")
+    typer.echo("restart every OneGate process that shares this data dir to load the new key")
 
 
 def _vault_call(call: Callable[[], T]) -> T:

@@ -165,3 +165,51 @@ def test_unknown_role_is_one_line(onegate: Run, data_dir: Path) -> None:
 def test_keys_without_a_master_key_is_one_line(onegate: Run, data_dir: Path) -> None:
     line = _one_line_error(onegate("keys", "list", "--data-dir", str(data_dir)))
     assert "master" in line.lower()
+
+
+def _master_key_ids(data_dir: Path) -> tuple[str, list[str]]:
+    doc = json.loads((data_dir / "keys" / "master.key").read_text())
+    return doc["active"], [k["id"] for k in doc["keys"]]
+
+
+def _wrapped_under(data_dir: Path) -> set[str]:
+    """Master key ids named in the headers of every blob the vault stores (bytes 2..6)."""
+    import base64
+
+    store = json.loads((data_dir / "keys" / "signing" / "keys.json").read_text())
+    blobs = [base64.urlsafe_b64decode(k["private_key"] + "==") for k in store["keys"]]
+    blobs += [p.read_bytes() for p in (data_dir / "keys" / "secrets").glob("*.bin")]
+    return {blob[2:6].hex() for blob in blobs}
+
+
+def test_rotate_master_rewraps_and_everything_still_opens(onegate: Run, data_dir: Path) -> None:
+    assert onegate("init", "--data-dir", str(data_dir)).returncode == 0
+    old_active, _ = _master_key_ids(data_dir)
+    assert onegate("keys", "rotate", "--data-dir", str(data_dir)).returncode == 0
+    before = json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
+    assert _wrapped_under(data_dir) == {old_active}
+
+    result = onegate("keys", "rotate-master", "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    new_active, ids = _master_key_ids(data_dir)
+    assert report["active_master_key"] == new_active != old_active
+    assert ids == [old_active, new_active]  # the old key stays for records not yet re-wrapped
+    assert report["rewrapped"] == {"signing_keys": 2, "secrets": 1}  # the CSRF key is a named secret
+    assert _wrapped_under(data_dir) == {new_active}
+    # Every private key still decrypts: listing and signing work with the new master key.
+    after = json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
+    assert after == before
+    again = json.loads(onegate("keys", "rewrap", "--data-dir", str(data_dir), "--json").stdout)
+    assert again["rewrapped"] == {"signing_keys": 0, "secrets": 0}
+
+
+def test_rotate_master_refuses_an_environment_key(onegate: Run, data_dir: Path) -> None:
+    from keyvault import generate_master_key
+
+    env = {"ONEGATE_MASTER_KEY": generate_master_key()}
+    assert onegate("init", "--data-dir", str(data_dir), env=env).returncode == 0
+    assert not (data_dir / "keys" / "master.key").exists()
+    line = _one_line_error(onegate("keys", "rotate-master", "--data-dir", str(data_dir), env=env))
+    assert "ONEGATE_MASTER_KEY_PREVIOUS" in line
+    assert env["ONEGATE_MASTER_KEY"] not in line
