@@ -169,13 +169,20 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json
 
 
 @keys_app.command("rotate")
-def keys_rotate(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
+def keys_rotate(
+    immediate: Annotated[
+        bool, typer.Option("--immediate", help="Sign with the new key at once (the old key is compromised).")
+    ] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    as_json: Json = False,
+) -> None:
     """Add a new signing key; it is published now and signs after the pre-publication delay."""
     settings = settings_from(data_dir, config)
 
     def rotate() -> dict[str, Any]:
         signing = open_vault(settings).signing
-        kid = signing.rotate()
+        kid = signing.rotate(immediate=immediate)
         return next(asdict(info) for info in signing.list_keys() if info.kid == kid)
 
     record = _vault_call(rotate)
@@ -186,6 +193,18 @@ def keys_rotate(data_dir: DataDir = None, config: ConfigFile = None, as_json: Js
         f"new signing key {record['kid']} ({record['alg']}): published now, signs from "
         f"{_when(record['activates_at'])}"
     )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    kid: Annotated[str, typer.Argument(help="The key to withdraw (not the active one).")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Withdraw a signing key at once: it leaves the JWKS and tokens it signed stop verifying."""
+    settings = settings_from(data_dir, config)
+    _vault_call(lambda: open_vault(settings).signing.revoke(kid))
+    typer.echo(f"revoked signing key {kid}")
 
 
 @keys_app.command("purge")

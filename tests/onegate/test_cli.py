@@ -213,3 +213,21 @@ def test_rotate_master_refuses_an_environment_key(onegate: Run, data_dir: Path) 
     line = _one_line_error(onegate("keys", "rotate-master", "--data-dir", str(data_dir), env=env))
     assert "ONEGATE_MASTER_KEY_PREVIOUS" in line
     assert env["ONEGATE_MASTER_KEY"] not in line
+
+
+def test_compromised_key_replaced_and_revoked(onegate: Run, data_dir: Path) -> None:
+    assert onegate("init", "--data-dir", str(data_dir)).returncode == 0
+    old = json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)[0]["kid"]
+    line = _one_line_error(onegate("keys", "revoke", old, "--data-dir", str(data_dir)))
+    assert "active" in line
+    new = json.loads(onegate("keys", "rotate", "--immediate", "--data-dir", str(data_dir), "--json").stdout)
+    states = {
+        k["kid"]: k["state"]
+        for k in json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
+    }
+    assert states == {old: "retired", new["kid"]: "active"}
+    assert onegate("keys", "revoke", old, "--data-dir", str(data_dir)).returncode == 0
+    remaining = json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
+    assert [k["kid"] for k in remaining] == [new["kid"]]
+    purge = json.loads(onegate("keys", "purge", "--data-dir", str(data_dir), "--json").stdout)
+    assert purge == {"purged": []}
