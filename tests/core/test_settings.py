@@ -130,3 +130,11 @@ def test_documentation_lists_exactly_the_options_with_their_defaults() -> None:
     assert set(documented) == set(model), "docs/configuration.md and core/settings.py name different options"
     for name, (env, default) in model.items():
         assert documented[name] == (env, default), f"docs/configuration.md is wrong about {name}"
+
+
+def test_the_deployment_example_is_valid() -> None:
+    example = DOC.parents[1] / "deploy" / "onegate.example.yaml"
+    settings = load_settings(example)
+    assert settings.kv.backend == "redis"
+    assert settings.server.https is True
+    assert settings.database_url.startswith("postgresql+asyncpg://")
