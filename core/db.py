@@ -14,6 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -26,6 +27,7 @@ __all__ = [
     "check_database",
     "create_engine",
     "current_revision",
+    "head_revision",
     "metadata",
     "migrate",
     "session_factory",
@@ -119,6 +121,13 @@ async def migrate(engine: AsyncEngine, script_location: Path, revision: str = "h
     await check_database(engine)
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(_alembic_config(script_location, sync), revision))
+
+
+def head_revision(script_location: Path) -> str | None:
+    """The newest revision among the Alembic scripts at ``script_location``."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

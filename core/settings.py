@@ -24,6 +24,7 @@ __all__ = [
     "ENV_PREFIX",
     "ConfigError",
     "DatabaseSettings",
+    "IdpSettings",
     "KVSettings",
     "KeyvaultSettings",
     "LogSettings",
@@ -111,6 +112,42 @@ class WebSettings(_Section):
     default_locale: Literal["zh_CN", "en"] = Field("zh_CN", description="UI language when none is asked for.")
 
 
+class IdpSettings(_Section):
+    issuer: str | None = Field(
+        None,
+        description="The OIDC issuer URL (`iss`), e.g. `https://idp.example.gov.cn`. Unset: "
+        "`http://idp.localhost:<port>` (demo only).",
+    )
+    code_lifetime: int = Field(
+        60, ge=10, le=600, description="Seconds an authorization code stays redeemable."
+    )
+    id_token_lifetime: int = Field(300, ge=60, le=86400, description="Default ID token lifetime (seconds).")
+    access_token_lifetime: int = Field(
+        600, ge=60, le=86400, description="Default access token lifetime (seconds); clients may set less."
+    )
+    refresh_token_lifetime: int = Field(
+        28800, ge=300, le=2592000, description="Default refresh token lifetime (seconds)."
+    )
+    session_idle_timeout: int = Field(
+        1800, ge=60, description="An SSO session ends after this many idle seconds."
+    )
+    session_absolute_timeout: int = Field(
+        43200, ge=300, description="An SSO session ends this many seconds after sign-in, active or not."
+    )
+    password_min_length: int = Field(12, ge=8, le=128, description="Shortest password accepted.")
+    lockout_threshold: int = Field(
+        5, ge=1, le=100, description="Failed sign-ins in a row that lock an account."
+    )
+    lockout_seconds: int = Field(
+        900, ge=1, description="First lockout duration; each further lockout doubles it (progressive)."
+    )
+    lockout_max_seconds: int = Field(86400, ge=1, description="Longest automatic lockout.")
+    ip_throttle_limit: int = Field(
+        30, ge=1, description="Failed sign-ins per source address per window before it is throttled."
+    )
+    ip_throttle_window: int = Field(300, ge=1, description="Window of the per-address throttle (seconds).")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     json_lines: bool = Field(True, description="One JSON object per line (`false`: readable console lines).")
@@ -133,6 +170,7 @@ class Settings(BaseSettings):
     kv: KVSettings = Field(default_factory=KVSettings)
     keyvault: KeyvaultSettings = Field(default_factory=KeyvaultSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    idp: IdpSettings = Field(default_factory=IdpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

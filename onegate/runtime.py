@@ -8,7 +8,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from core.db import DatabaseUnavailable, check_database, create_engine, current_revision, session_factory
+from core.db import (
+    DatabaseUnavailable,
+    check_database,
+    create_engine,
+    current_revision,
+    head_revision,
+    session_factory,
+)
 from core.events import EventBus
 from core.kv import KV, KVUnavailable, open_kv
 from core.settings import Settings
@@ -18,7 +25,6 @@ from keyvault import Keyvault, KeyvaultError, open_keyvault
 __all__ = ["MIGRATIONS", "Runtime", "StartupError", "open_runtime"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SCHEMA_HEAD = "0001"
 
 
 class StartupError(Exception):
@@ -68,10 +74,10 @@ async def open_runtime(settings: Settings, *, require_schema: bool = True) -> Ru
     try:
         await check_database(engine)
         if require_schema:
-            revision = await current_revision(engine)
-            if revision != SCHEMA_HEAD:
+            revision, head = await current_revision(engine), head_revision(MIGRATIONS)
+            if revision != head:
                 raise StartupError(
-                    f"database schema is at {revision or 'nothing'}, this version needs {SCHEMA_HEAD}: "
+                    f"database schema is at {revision or 'nothing'}, this version needs {head}: "
                     f"run `onegate init --data-dir {settings.data_dir}`"
                 )
         await kv.ping()
