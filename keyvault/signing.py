@@ -14,8 +14,9 @@ it activates, the previous key retires with ``retire_until = activation + retire
 (configure that as the longest token lifetime plus leeway), so every token it signed can
 still be verified until it expires.
 
-Tokens are compact JWS built with ``cryptography`` directly: the whole format is a few lines,
-and doing it here keeps every security decision visible (RFC 8725 §3.1): the algorithm is
+Tokens are compact JWS built with ``cryptography`` directly: the whole format is a few lines
+(the strict encodings, the algorithms and the thumbprint are in :mod:`keyvault.jws`), and
+doing it here keeps every security decision visible (RFC 8725 §3.1): the algorithm is
 taken from *our key record*, never from the token header; ``none`` and ``crit`` are refused;
 keys are never taken from the token (``jwk``/``jku``/``x5u``/``x5c`` are ignored).
 
@@ -34,13 +35,10 @@ write when a transition is due).
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import enum
-import hashlib
 import json
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -48,12 +46,26 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives import serialization
 
 from keyvault.envelope import Envelope
-from keyvault.errors import KeyvaultError, SigningKeyError, TokenExpired, TokenInvalid, TokenNotYetValid
+from keyvault.errors import KeyvaultError, SigningKeyError, TokenInvalid
+from keyvault.jws import (
+    ALGORITHM_BY_NAME,
+    ALGORITHMS,
+    MAX_TOKEN_LENGTH,  # noqa: F401 - re-export: was defined in this module
+    MIN_RSA_KEY_SIZE,
+    PrivateKey,
+    PublicKey,
+    b64url_decode,
+    b64url_encode,
+    check_times,
+    decode_json_segment,
+    encode_json_segment,
+    parse_json_object,
+    split_compact,
+    thumbprint,
+)
 from keyvault.store import ensure_private_dir, file_signature, locked, read_private_file, replace_private_file
 
 __all__ = [
@@ -64,10 +76,7 @@ __all__ = [
     "SigningKeyring",
 ]
 
-ALGORITHMS: Final = ("ES256", "RS256")
 DEFAULT_RSA_KEY_SIZE: Final = 3072
-MIN_RSA_KEY_SIZE: Final = 2048  # RFC 7518 §3.3: "a key of size 2048 bits or larger MUST be used"
-MAX_TOKEN_LENGTH: Final = 16 * 1024  # refuse oversized tokens before any parsing work
 STORE_FORMAT: Final = 1
 STORE_FILE: Final = "keys.json"
 
@@ -77,10 +86,6 @@ STORE_FILE: Final = "keys.json"
 _RESERVED_HEADERS: Final = frozenset(
     {"alg", "kid", "crit", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "b64", "enc", "zip"}
 )
-_B64URL_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 class KeyState(enum.StrEnum):
@@ -99,148 +104,6 @@ class SigningKeyInfo:
     created_at: float
     activates_at: float
     retire_until: float | None
-
-
-# -- base64url and JSON, strictly ----------------------------------------------------------------
-
-
-def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64d(segment: str, what: str) -> bytes:
-    # RFC 7515 §2: base64url without padding. Refuse anything else, including non-canonical
-    # trailing bits, so one token has exactly one spelling (replay caches key on it).
-    if not _B64URL_RE.fullmatch(segment) or len(segment) % 4 == 1:
-        raise TokenInvalid(f"{what} is not base64url")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as e:
-        raise TokenInvalid(f"{what} is not base64url") from e
-    if _b64e(raw) != segment:
-        raise TokenInvalid(f"{what} is not canonical base64url")
-    return raw
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §5.2 step 3 / RFC 7519 §7.2 step 4: reject duplicate member names rather than
-    # let two parsers disagree about which one counts.
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise TokenInvalid(f"duplicate JSON member {name[:40]!r}")
-        out[name] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise TokenInvalid(f"non-JSON number {name}")
-
-
-def _decode_json_object(segment: str, what: str) -> dict[str, Any]:
-    return _parse_json_object(_b64d(segment, what), what)
-
-
-def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise TokenInvalid(f"{what} is not JSON") from e
-    if not isinstance(value, dict):
-        raise TokenInvalid(f"{what} is not a JSON object")
-    return value
-
-
-def _json_segment(value: Mapping[str, Any]) -> str:
-    return _b64e(json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-
-
-# -- algorithms (RFC 7518 §3) -------------------------------------------------------------------
-
-
-class _ES256:
-    """ECDSA P-256 + SHA-256, RFC 7518 §3.4; JWK members RFC 7518 §6.2.1."""
-
-    name = "ES256"
-
-    def generate(self, rsa_key_size: int) -> PrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def check_key(self, key: object) -> PrivateKey:
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise SigningKeyError("ES256 needs a P-256 EC key")
-        return key
-
-    def sign(self, key: PrivateKey, data: bytes) -> bytes:
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise SigningKeyError("ES256 needs an EC key")
-        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-        # JWS wants the fixed-width R || S form (§3.4), not the DER that cryptography returns.
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-    def verify(self, key: PublicKey, data: bytes, signature: bytes) -> None:
-        if not isinstance(key, ec.EllipticCurvePublicKey) or len(signature) != 64:
-            raise InvalidSignature
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-
-    def jwk_members(self, key: PublicKey) -> dict[str, str]:
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise SigningKeyError("ES256 needs an EC key")
-        nums = key.public_numbers()
-        return {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": _b64e(nums.x.to_bytes(32, "big")),
-            "y": _b64e(nums.y.to_bytes(32, "big")),
-        }
-
-
-class _RS256:
-    """RSASSA-PKCS1-v1_5 + SHA-256, RFC 7518 §3.3; JWK members RFC 7518 §6.3.1."""
-
-    name = "RS256"
-
-    def generate(self, rsa_key_size: int) -> PrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_key_size)
-
-    def check_key(self, key: object) -> PrivateKey:
-        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < MIN_RSA_KEY_SIZE:
-            raise SigningKeyError(f"RS256 needs an RSA key of at least {MIN_RSA_KEY_SIZE} bits")
-        return key
-
-    def sign(self, key: PrivateKey, data: bytes) -> bytes:
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise SigningKeyError("RS256 needs an RSA key")
-        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-
-    def verify(self, key: PublicKey, data: bytes, signature: bytes) -> None:
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise InvalidSignature
-        key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-
-    def jwk_members(self, key: PublicKey) -> dict[str, str]:
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise SigningKeyError("RS256 needs an RSA key")
-        nums = key.public_numbers()
-        # RFC 7518 §6.3.1.1: n is unsigned big-endian with no leading zero octets.
-        return {
-            "kty": "RSA",
-            "n": _b64e(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")),
-            "e": _b64e(nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big")),
-        }
-
-
-_ALGS: Final[dict[str, _ES256 | _RS256]] = {"ES256": _ES256(), "RS256": _RS256()}
-
-
-def _thumbprint(members: Mapping[str, str]) -> str:
-    """RFC 7638 §3: SHA-256 over the required members, sorted, no whitespace."""
-    required = ("crv", "kty", "x", "y") if members["kty"] == "EC" else ("e", "kty", "n")
-    canonical = json.dumps({k: members[k] for k in required}, separators=(",", ":"), sort_keys=True)
-    return _b64e(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 # -- records and the in-memory snapshot ---------------------------------------------------------
@@ -346,7 +209,7 @@ class SigningKeyring:
         rsa_key_size: int = DEFAULT_RSA_KEY_SIZE,
         refresh_seconds: float = 1.0,
     ) -> None:
-        if alg not in _ALGS:
+        if alg not in ALGORITHM_BY_NAME:
             raise ValueError(f"unknown signing algorithm {alg!r}; expected one of {', '.join(ALGORITHMS)}")
         if not (prepublish_seconds >= 0 and math.isfinite(prepublish_seconds)):
             raise ValueError("prepublish_seconds must be a finite number >= 0")
@@ -378,7 +241,7 @@ class SigningKeyring:
         self._tick()
         if (active := self._snapshot.active) is not None:
             return active.kid
-        private_key = _ALGS[self._alg].generate(self._rsa_key_size)
+        private_key = ALGORITHM_BY_NAME[self._alg].generate(self._rsa_key_size)
 
         def add_if_missing(records: list[_Record], now: float) -> list[_Record]:
             if any(r.state is KeyState.ACTIVE for r in records):
@@ -401,7 +264,7 @@ class SigningKeyring:
         active at once, since there is nothing to hand over from.
         """
         self._tick()
-        private_key = _ALGS[self._alg].generate(self._rsa_key_size)
+        private_key = ALGORITHM_BY_NAME[self._alg].generate(self._rsa_key_size)
         created: list[str] = []
 
         def add(records: list[_Record], now: float) -> list[_Record]:
@@ -482,10 +345,10 @@ class SigningKeyring:
         if bad := sorted(_RESERVED_HEADERS.intersection(extra)):
             raise ValueError(f"sign(): header parameter(s) {', '.join(bad)} may not be set by the caller")
         header = {"alg": rec.alg, "kid": rec.kid, "typ": "JWT", **extra}
-        signing_input = f"{_json_segment(header)}.{_json_segment(dict(claims))}"
-        algorithm = _ALGS[rec.alg]
+        signing_input = f"{encode_json_segment(header)}.{encode_json_segment(dict(claims))}"
+        algorithm = ALGORITHM_BY_NAME[rec.alg]
         signature = algorithm.sign(snap.loaded[rec.kid].private_key, signing_input.encode("ascii"))
-        return f"{signing_input}.{_b64e(signature)}"
+        return f"{signing_input}.{b64url_encode(signature)}"
 
     def verify(
         self,
@@ -503,14 +366,8 @@ class SigningKeyring:
         :class:`TokenNotYetValid` or :class:`TokenInvalid`.
         """
         now = self._tick()
-        if not isinstance(token, str):
-            raise TokenInvalid("token must be a string")
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenInvalid(f"token longer than {MAX_TOKEN_LENGTH} characters")
-        parts = token.split(".")
-        if len(parts) != 3:  # also refuses JWE (5 parts) and JWS JSON serialization
-            raise TokenInvalid("not a compact JWS (expected three dot-separated parts)")
-        header = _decode_json_object(parts[0], "header")
+        parts = split_compact(token)
+        header = decode_json_segment(parts[0], "header")
 
         alg = header.get("alg")
         if not isinstance(alg, str):
@@ -538,16 +395,16 @@ class SigningKeyring:
             if not isinstance(typ, str) or typ.lower() != expected_typ.lower():
                 raise TokenInvalid(f"typ must be {expected_typ!r}")
 
-        payload = _b64d(parts[1], "payload")  # also guarantees the signing input is ASCII
-        signature = _b64d(parts[2], "signature")
+        payload = b64url_decode(parts[1], "payload")  # also guarantees the signing input is ASCII
+        signature = b64url_decode(parts[2], "signature")
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
         try:
-            _ALGS[rec.alg].verify(snap.loaded[rec.kid].public_key, signing_input, signature)
+            ALGORITHM_BY_NAME[rec.alg].verify(snap.loaded[rec.kid].public_key, signing_input, signature)
         except InvalidSignature as e:
             raise TokenInvalid("signature verification failed") from e
 
-        claims = _parse_json_object(payload, "payload")
-        _check_times(claims, now, leeway, require_exp)
+        claims = parse_json_object(payload, "payload")
+        check_times(claims, now, leeway, require_exp)
         return claims
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
@@ -611,8 +468,8 @@ class SigningKeyring:
     def _new_record(self, private_key: PrivateKey, now: float, *, activates_at: float) -> _Record:
         alg = self._alg
         public_key = private_key.public_key()
-        jwk = _ALGS[alg].jwk_members(public_key)
-        kid = _thumbprint(jwk)
+        jwk = ALGORITHM_BY_NAME[alg].jwk_members(public_key)
+        kid = thumbprint(jwk)
         self._fresh[kid] = _Loaded(private_key, public_key, jwk)
         der = private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -631,12 +488,12 @@ class SigningKeyring:
             parsed = serialization.load_der_private_key(der, password=None)
         except ValueError as e:
             raise SigningKeyError(f"signing key {rec.kid}: private key does not parse") from e
-        algorithm = _ALGS[rec.alg]
+        algorithm = ALGORITHM_BY_NAME[rec.alg]
         private_key = algorithm.check_key(parsed)
         public_key = private_key.public_key()
         jwk = algorithm.jwk_members(public_key)
         # kid is the RFC 7638 thumbprint: a record whose kid and key disagree was tampered with.
-        if _thumbprint(jwk) != rec.kid:
+        if thumbprint(jwk) != rec.kid:
             raise SigningKeyError(f"signing key {rec.kid}: kid does not match the key's thumbprint")
         return _Loaded(private_key, public_key, jwk)
 
@@ -663,7 +520,7 @@ class SigningKeyring:
                     "activates_at": r.activates_at,
                     "retired_at": r.retired_at,
                     "retire_until": r.retire_until,
-                    "private_key": _b64e(r.private_key),
+                    "private_key": b64url_encode(r.private_key),
                 }
                 for r in records
             ],
@@ -694,7 +551,11 @@ def _optional_number(value: object) -> float | None:
 
 
 def _parse_record(entry: Any) -> _Record:
-    if not isinstance(entry, dict) or entry["alg"] not in _ALGS or not isinstance(entry["kid"], str):
+    if (
+        not isinstance(entry, dict)
+        or entry["alg"] not in ALGORITHM_BY_NAME
+        or not isinstance(entry["kid"], str)
+    ):
         raise ValueError("bad key entry")
     blob = entry["private_key"]
     if not isinstance(blob, str):
@@ -709,23 +570,3 @@ def _parse_record(entry: Any) -> _Record:
         retire_until=_optional_number(entry.get("retire_until")),
         private_key=base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)),
     )
-
-
-def _check_times(claims: Mapping[str, Any], now: float, leeway: float, require_exp: bool) -> None:
-    """RFC 7519 §4.1.4 (exp: now must be before it) and §4.1.5 (nbf: now must not be before it)."""
-    for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise TokenInvalid(f"claim {name} must be a NumericDate")
-    try:
-        exp = _optional_number(claims.get("exp"))
-        nbf = _optional_number(claims.get("nbf"))
-    except OverflowError as e:  # an integer too large for a float
-        raise TokenInvalid("NumericDate out of range") from e
-    if exp is None:
-        if require_exp:
-            raise TokenInvalid("claim exp is required")
-    elif now >= exp + leeway:
-        raise TokenExpired("token has expired")
-    if nbf is not None and now + leeway < nbf:
-        raise TokenNotYetValid("token is not valid yet")
