@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +17,15 @@ from core.net import TrustedProxies, client_address
 from core.settings import IdpSettings
 from idp.directory.passwords import PasswordHashing
 from idp.directory.services import Directory
+from idp.events import auth_event
 from idp.pending import PendingStore
 from idp.sessions import COOKIE_NAME, SessionStore, SSOSession
 from keyvault import SecretStore, SigningKeyring
 
-__all__ = ["IdpContext"]
+__all__ = ["IdpContext", "SessionListener"]
+
+SessionListener = Callable[[SSOSession, str], Awaitable[None]]
+"""Called with each session that ends and the reason (``logout``, ``revoked``, ``everywhere``)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,38 @@ class IdpContext:
     events: EventEmitter
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     clock: Callable[[], float] = time.time
+    # Registered at assembly: back-channel logout is one (idp.logout).
+    session_listeners: tuple[SessionListener, ...] = ()
+
+    async def end_session(self, sid: str, *, reason: str, actor: str | None = None) -> SSOSession | None:
+        """Revoke one SSO session, tell the listeners, emit ``session-revoked``; None if already over."""
+        session = await self.sessions.revoke(sid)
+        if session is None:
+            return None
+        for listener in self.session_listeners:
+            await listener(session, reason)
+        self.events.emit(
+            auth_event(
+                "session-revoked",
+                success=True,
+                reason=reason,
+                username=session.username,
+                user_id=session.user_id,
+                session_id=session.sid,
+                **({"labels__actor": actor} if actor else {}),
+            )
+        )
+        return session
+
+    async def end_user_sessions(
+        self, user_id: int, *, reason: str, actor: str | None = None
+    ) -> list[SSOSession]:
+        """Revoke every SSO session of a user (sign out everywhere, lock, the SOC's response)."""
+        ended = []
+        for session in await self.sessions.list_for_user(user_id):
+            if (gone := await self.end_session(session.sid, reason=reason, actor=actor)) is not None:
+                ended.append(gone)
+        return ended
 
     # -- the SSO cookie: host-only (no Domain), HttpOnly, SameSite=Lax, Secure on https ----------
 

@@ -29,6 +29,8 @@ from keyvault import (
     rotate_master_key,
 )
 from onegate import __version__
+from onegate.cli_clients import app as clients_app
+from onegate.cli_users import app as users_app
 from onegate.runtime import StartupError, open_vault
 
 T = TypeVar("T")
@@ -42,6 +44,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Keys: signing keys and the master key.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="user")
+app.add_typer(clients_app, name="client")
 
 DataDir = Annotated[
     Path | None,

@@ -58,6 +58,11 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(default=False)
     password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Automatic lockout after repeated failures (the failure counters themselves live in KV).
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lockout_count: Mapped[int] = mapped_column(
+        default=0, server_default="0"
+    )  # lockouts so far: each doubles the next
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 

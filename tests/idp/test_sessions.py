@@ -36,8 +36,14 @@ def store(kv: KV, clock: Clock) -> SessionStore:
 
 
 async def new(store: SessionStore, user_id: int = 7) -> tuple[str, str]:
-    session, cookie = await store.create(user_id=user_id, username="zhangwei", amr=("pwd", "otp"),
-                                         acr="urn:onegate:acr:mfa", ip="10.1.2.3", user_agent="Firefox")
+    session, cookie = await store.create(
+        user_id=user_id,
+        username="zhangwei",
+        amr=("pwd", "otp"),
+        acr="urn:onegate:acr:mfa",
+        ip="10.1.2.3",
+        user_agent="Firefox",
+    )
     return session.sid, cookie
 
 

@@ -1,4 +1,4 @@
-"""idp: clients, consents, user sign-in times
+"""idp: clients, consents, sign-in and lockout fields
 
 Revision ID: 0002
 Revises: 0001
@@ -86,10 +86,14 @@ def upgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("lockout_count", sa.Integer(), server_default="0", nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("lockout_count")
+        batch_op.drop_column("locked_until")
         batch_op.drop_column("last_login_at")
         batch_op.drop_column("password_changed_at")
 
