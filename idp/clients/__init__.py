@@ -1,1 +1,61 @@
-"""OAuth 2 / OIDC clients (relying parties) and the consents users gave them."""
+"""OAuth 2 / OIDC clients (relying parties) and the consents users gave them.
+
+:class:`ClientRegistry` registers, changes and looks up clients (secrets stored as a keyed
+SHA-256); :func:`authenticate_client` authenticates a client at the token, revocation,
+introspection and PAR endpoints and returns a value, never raising for a bad request.
+"""
+
+from idp.clients.auth import (
+    JWT_BEARER,
+    AuthenticatedClient,
+    AuthFailureReason,
+    ClientAuthFailure,
+    JwksUnavailable,
+    RemoteJwks,
+    authenticate_client,
+)
+from idp.clients.models import AuthMethod, Client, ClientType, Consent
+from idp.clients.services import (
+    ASSERTION_ALGORITHMS,
+    STANDARD_SCOPES,
+    UNSET,
+    ClientError,
+    ClientExists,
+    ClientKey,
+    ClientMetadata,
+    ClientNotFound,
+    ClientRegistry,
+    InvalidClientMetadata,
+    RegisteredClient,
+    check_url,
+    parse_jwks,
+    validate_metadata,
+)
+
+__all__ = [
+    "ASSERTION_ALGORITHMS",
+    "JWT_BEARER",
+    "STANDARD_SCOPES",
+    "UNSET",
+    "AuthFailureReason",
+    "AuthMethod",
+    "AuthenticatedClient",
+    "Client",
+    "ClientAuthFailure",
+    "ClientError",
+    "ClientExists",
+    "ClientKey",
+    "ClientMetadata",
+    "ClientNotFound",
+    "ClientRegistry",
+    "ClientType",
+    "Consent",
+    "InvalidClientMetadata",
+    "JwksUnavailable",
+    "RegisteredClient",
+    "RemoteJwks",
+    "authenticate_client",
+    "check_url",
+    "parse_jwks",
+    "validate_metadata",
+]
