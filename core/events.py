@@ -75,6 +75,7 @@ _NAMESPACES = frozenset(
         "destination",
         "error",
         "event",
+        "group",
         "host",
         "http",
         "labels",

@@ -28,6 +28,16 @@ _CATEGORY = {
     "refresh-token-reused": Category.INTRUSION_DETECTION,
     "code-reused": Category.INTRUSION_DETECTION,
     "ip-throttled": Category.INTRUSION_DETECTION,
+    "user-created": Category.IAM,
+    "user-updated": Category.IAM,
+    "user-disabled": Category.IAM,
+    "user-enabled": Category.IAM,
+    "password-reset": Category.IAM,
+    "password-changed": Category.IAM,
+    "group-created": Category.IAM,
+    "group-member-added": Category.IAM,
+    "group-member-removed": Category.IAM,
+    "department-created": Category.IAM,
 }
 
 

@@ -19,6 +19,8 @@ from core.db import (
 from core.events import EventBus
 from core.kv import KV, KVUnavailable, open_kv
 from core.settings import Settings
+from idp.directory.passwords import PasswordHashing
+from idp.directory.policy import PasswordPolicy
 from idp.directory.services import Directory
 from keyvault import Keyvault, KeyvaultError, open_keyvault
 
@@ -98,5 +100,9 @@ async def open_runtime(settings: Settings, *, require_schema: bool = True) -> Ru
         kv=kv,
         vault=vault,
         bus=EventBus(),
-        directory=Directory(sessions),
+        directory=Directory(
+            sessions,
+            hashing=PasswordHashing(),
+            policy=PasswordPolicy(min_length=settings.idp.password_min_length),
+        ),
     )

@@ -1,1 +1,72 @@
-"""The directory: users, groups and departments."""
+"""The directory: users, groups and departments.
+
+:class:`Directory` (services.py) is the one entry point; :class:`PasswordPolicy` (policy.py)
+judges new passwords; :class:`PasswordHashing` (passwords.py) hashes them with argon2id;
+csv_import.py imports users from a spreadsheet.
+"""
+
+from idp.directory.csv_import import (
+    BadRow,
+    CsvFormatError,
+    ImportReport,
+    RowOutcome,
+    apply_import,
+    decode_csv,
+    import_users,
+    parse_csv,
+)
+from idp.directory.models import Department, Group, Membership, User, UserStatus
+from idp.directory.passwords import PasswordHashing, generate_password
+from idp.directory.policy import PasswordPolicy, PolicyReason, PolicyResult, common_passwords
+from idp.directory.services import (
+    DepartmentExists,
+    DepartmentNode,
+    Directory,
+    DirectoryError,
+    GroupSummary,
+    InvalidValue,
+    PasswordRejected,
+    StatusChange,
+    UnknownDepartment,
+    UnknownGroup,
+    UnknownUser,
+    UserExists,
+    UserProfile,
+    sign_in_blocked,
+)
+
+__all__ = [
+    "BadRow",
+    "CsvFormatError",
+    "Department",
+    "DepartmentExists",
+    "DepartmentNode",
+    "Directory",
+    "DirectoryError",
+    "Group",
+    "GroupSummary",
+    "ImportReport",
+    "InvalidValue",
+    "Membership",
+    "PasswordHashing",
+    "PasswordPolicy",
+    "PasswordRejected",
+    "PolicyReason",
+    "PolicyResult",
+    "RowOutcome",
+    "StatusChange",
+    "UnknownDepartment",
+    "UnknownGroup",
+    "UnknownUser",
+    "User",
+    "UserExists",
+    "UserProfile",
+    "UserStatus",
+    "apply_import",
+    "common_passwords",
+    "decode_csv",
+    "generate_password",
+    "import_users",
+    "parse_csv",
+    "sign_in_blocked",
+]
