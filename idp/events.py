@@ -22,6 +22,7 @@ _CATEGORY = {
     "user-logout": Category.SESSION,
     "session-revoked": Category.SESSION,
     "consent-granted": Category.IAM,
+    "consent-revoked": Category.IAM,
     "token-issued": Category.AUTHENTICATION,
     "token-refreshed": Category.AUTHENTICATION,
     "token-revoked": Category.AUTHENTICATION,
