@@ -21,6 +21,7 @@ _CATEGORY = {
     "user-unlocked": Category.IAM,
     "user-logout": Category.SESSION,
     "session-revoked": Category.SESSION,
+    "backchannel-logout": Category.SESSION,
     "consent-granted": Category.IAM,
     "consent-revoked": Category.IAM,
     "token-issued": Category.AUTHENTICATION,

@@ -1,0 +1,1 @@
+"""Framework adapters for authlib's protocol core (only Starlette: see ``starlette``)."""
