@@ -8,7 +8,7 @@ also answers on the bare address with the portal page). Each role app has its ow
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.web import N_, create_web_app
 from onegate.bootstrap import CSRF_KEY_NAME
 from onegate.hosts import HostRouter
+from onegate.idp_app import build_idp_app, default_issuer
 from onegate.runtime import Runtime
 
 __all__ = ["ROLES", "build_app"]
@@ -31,7 +32,6 @@ HERE = Path(__file__).resolve().parent
 
 # What each role's home page says it is, until its own pages take over.
 _TITLES: Mapping[str, tuple[str, str]] = {
-    "idp": (N_("Identity provider"), N_("One sign-in for every departmental system.")),
     "gateway": (N_("Access gateway"), N_("Every request is checked against the access policies.")),
     "soc": (N_("Security operations centre"), N_("Alerts, incidents, response and drills.")),
 }
@@ -63,10 +63,11 @@ def role_app(runtime: Runtime, role: str) -> Starlette:
 
 
 class _Lifespan:
-    """Start and stop what the runtime runs in the background (the event bus)."""
+    """Start and stop what runs in the background: the event bus, back-channel deliveries."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, closers: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
         self._runtime = runtime
+        self._closers = closers
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
@@ -74,6 +75,8 @@ class _Lifespan:
         try:
             yield
         finally:
+            for close in self._closers:
+                await close()
             await self._runtime.bus.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,15 +88,17 @@ class _Lifespan:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def build_app(runtime: Runtime, role: str) -> ASGIApp:
-    """The ASGI app serving ``role`` (one of :data:`ROLES`)."""
+def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
+    """The ASGI app serving ``role`` (one of :data:`ROLES`); ``port`` is the public port."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    lifespan = _Lifespan(runtime)
-    if role != "all":
-        return HostRouter({}, default=role_app(runtime, role), lifespan=lifespan)
-    return HostRouter(
-        {"idp": role_app(runtime, "idp"), "soc": role_app(runtime, "soc")},
-        default=role_app(runtime, "gateway"),
-        lifespan=lifespan,
-    )
+    if role in ("idp", "all"):
+        idp = build_idp_app(runtime, issuer=runtime.settings.idp.issuer or default_issuer(port))
+        if role == "idp":
+            return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close]))
+        return HostRouter(
+            {"idp": idp.app, "soc": role_app(runtime, "soc")},
+            default=role_app(runtime, "gateway"),
+            lifespan=_Lifespan(runtime, [idp.close]),
+        )
+    return HostRouter({}, default=role_app(runtime, role), lifespan=_Lifespan(runtime))

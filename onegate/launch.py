@@ -10,6 +10,8 @@ from typing import Any
 from core.settings import Settings
 from onegate.apps import build_app
 from onegate.bootstrap import initialise
+from onegate.demo_data import seed_demo
+from onegate.idp_app import default_issuer
 from onegate.runtime import open_runtime
 from onegate.server import bind, serve
 
@@ -44,7 +46,7 @@ async def run_server(settings: Settings, *, role: str) -> None:
         print(f"onegate {role} serving on http://{settings.server.host}:{port}/", flush=True)
 
     try:
-        await serve(build_app(runtime, role), sock, on_ready=ready)
+        await serve(build_app(runtime, role, port=port), sock, on_ready=ready)
     finally:
         sock.close()
         await runtime.close()
@@ -56,12 +58,14 @@ async def run_demo(settings: Settings) -> None:
     demo_file.unlink(missing_ok=True)  # a reader must never see the previous run's port
     result = await initialise(settings)
     runtime = await open_runtime(settings)
+    users = await seed_demo(runtime.directory, settings.data_dir)
     sock = bind(settings.server.host, settings.server.port)
     port = sock.getsockname()[1]
     urls = demo_urls(port)
+    issuer = settings.idp.issuer or default_issuer(port)
 
     async def ready() -> None:
-        _write_atomically(demo_file, {"port": port, "urls": urls})
+        _write_atomically(demo_file, {"port": port, "urls": urls, "issuer": issuer, "users": users})
         print("OneGate demo is running / 演示环境已启动", flush=True)
         for name, url in urls.items():
             print(f"  {name:<8} {url}", flush=True)
@@ -70,10 +74,12 @@ async def run_demo(settings: Settings) -> None:
                 f"  administrator {result.admin_username} / one-time password: {result.admin_password}",
                 flush=True,
             )
+        for user in users:
+            print(f"  {user['username']:<9} {user['password']}  {user['display_name']}", flush=True)
         print(f"  (written to {demo_file}; Ctrl-C stops)", flush=True)
 
     try:
-        await serve(build_app(runtime, "all"), sock, on_ready=ready)
+        await serve(build_app(runtime, "all", port=port), sock, on_ready=ready)
     finally:
         sock.close()
         demo_file.unlink(missing_ok=True)

@@ -54,8 +54,14 @@ class Browser:
     def get(self, url: str, *, stop_at: str | None = None) -> requests.Response:
         return self._follow(self.http.get(url, allow_redirects=False, timeout=10), stop_at)
 
-    def submit(self, form: Form, values: dict[str, str], *, button: tuple[str, str] | None = None,
-               stop_at: str | None = None) -> requests.Response:
+    def submit(
+        self,
+        form: Form,
+        values: dict[str, str],
+        *,
+        button: tuple[str, str] | None = None,
+        stop_at: str | None = None,
+    ) -> requests.Response:
         assert self.page is not None
         data = [(name, values.get(name, value)) for name, _kind, value in form.fields]
         if button is not None:
@@ -84,4 +90,6 @@ class Browser:
             names = [f[0] for f in candidate.fields] + [b[0] for b in candidate.buttons]
             if having in names:
                 return candidate
-        raise AssertionError(f"no form with {having!r} on {urlsplit(self.page.url).path}: {self.page.text[:2000]}")
+        raise AssertionError(
+            f"no form with {having!r} on {urlsplit(self.page.url).path}: {self.page.text[:2000]}"
+        )

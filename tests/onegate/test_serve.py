@@ -74,14 +74,21 @@ def test_demo_serves_health_at_the_written_url(demo: tuple[Server, dict[str, obj
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "kv": "ok"}
     assert "onegate_http_requests_total" in httpx.get(urls["metrics"], timeout=5).text
+    users = {u["username"]: u for u in info["users"]}  # type: ignore[attr-defined]
+    assert users["zhangwei"]["display_name"] == "张伟"
+    assert "hr-staff" in users["zhangwei"]["groups"] and users["zhangwei"]["password"]
 
 
 def test_demo_routes_roles_by_host_name(demo: tuple[Server, dict[str, object]]) -> None:
     _server, info = demo
     base = f"http://127.0.0.1:{info['port']}/"
-    idp = httpx.get(base, headers={"Host": f"idp.localhost:{info['port']}"}, timeout=5)
-    assert idp.status_code == 200
-    assert "统一身份认证" in idp.text and 'lang="zh-CN"' in idp.text
+    idp_host = {"Host": f"idp.localhost:{info['port']}"}
+    assert httpx.get(base, headers=idp_host, timeout=5).headers["location"] == "/account"
+    login = httpx.get(base + "login", headers=idp_host, timeout=5)
+    assert login.status_code == 200
+    assert "登录" in login.text and 'lang="zh-CN"' in login.text
+    discovery = httpx.get(base + ".well-known/openid-configuration", headers=idp_host, timeout=5).json()
+    assert discovery["issuer"] == info["issuer"] == f"http://idp.localhost:{info['port']}"
     soc = httpx.get(
         base, headers={"Host": f"soc.localhost:{info['port']}", "Accept-Language": "en"}, timeout=5
     )
@@ -93,7 +100,7 @@ def test_demo_routes_roles_by_host_name(demo: tuple[Server, dict[str, object]]) 
 
 def test_second_demo_reuses_the_data_dir(data_dir: Path) -> None:
     first = Server(["demo", "--data-dir", str(data_dir), "--port", "0"])
-    wait_for(data_dir / "demo.json", first)
+    first_users = wait_for(data_dir / "demo.json", first)["users"]
     code, out, _err = first.stop()
     assert code == 0
     assert "one-time password" in out
@@ -103,6 +110,7 @@ def test_second_demo_reuses_the_data_dir(data_dir: Path) -> None:
 
     second = Server(["demo", "--data-dir", str(data_dir), "--port", "0"])
     info = wait_for(data_dir / "demo.json", second)
+    assert info["users"] == first_users  # the same demo accounts and passwords
     assert httpx.get(f"http://127.0.0.1:{info['port']}/healthz", timeout=5).status_code == 200
     code, out, _err = second.stop()
     assert code == 0
@@ -130,8 +138,10 @@ def test_serve_on_postgresql_and_redis(
         ready = httpx.get(url + "readyz", timeout=5)
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"database": "ok", "kv": "ok"}
-        # The idp role serves its own page on any host name.
-        assert "统一身份认证" in httpx.get(url, timeout=5).text
+        # The idp role serves the identity provider on any host name.
+        discovery = httpx.get(url + ".well-known/openid-configuration", timeout=5).json()
+        assert discovery["token_endpoint"].endswith("/token")
+        assert "登录" in httpx.get(url + "login", timeout=5).text
     finally:
         code, _out, err = server.stop()
     assert code == 0, err
