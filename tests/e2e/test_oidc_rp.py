@@ -10,7 +10,6 @@ import json
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -144,7 +143,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
             yield {"issuer": issuer, "user": user, "client": client, "rp": rp}
         finally:
             server.terminate()
-            server.wait(30)
+            server.communicate(timeout=30)
 
 
 def test_pyoidc_relying_party_end_to_end(stack: dict[str, object]) -> None:
