@@ -43,6 +43,7 @@ from urllib.parse import quote
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Error
 from authlib.oidc.core.errors import (
     ConsentRequiredError,
+    InteractionRequiredError,
     InvalidRequestURIError,
     LoginRequiredError,
     RegistrationNotSupportedError,
@@ -189,6 +190,10 @@ class _Flow:
             return None, None
         return session, profile
 
+    async def _must_change_password(self, user_id: int) -> bool:
+        user = await self.idp.directory.get_user_by_id(user_id)
+        return user is None or user.must_change_password
+
     async def _decide(
         self, oreq: OneGateRequest, valid: ValidatedRequest, pending: PendingAuthorization | None
     ) -> Response:
@@ -212,6 +217,13 @@ class _Flow:
                 raise LoginRequiredError()
             return _page(self.request, "/login", (await self._pending(oreq, valid, pending)).id)
         assert session is not None and profile is not None  # noqa: S101 - needs_login covers None
+
+        # A one-time password (new account, administrator reset) must be replaced before any
+        # application receives a code: the password page resumes this request afterwards.
+        if await self._must_change_password(session.user_id):
+            if "none" in valid.prompt:
+                raise InteractionRequiredError()
+            return _page(self.request, "/password", (await self._pending(oreq, valid, pending)).id)
 
         essential_acr = valid.claims.essential_values("acr")
         if essential_acr is not None and session.acr not in essential_acr:

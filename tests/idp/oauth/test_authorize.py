@@ -333,3 +333,19 @@ async def test_a_disabled_user_with_a_live_session_must_sign_in_again(op: OP) ->
     await op.sign_in(browser, user)
     await op.set_user(user.id, status="disabled")
     _redirected_error(await op.authorize(browser, **_params(prompt="none")), "login_required")
+
+
+async def test_a_one_time_password_must_be_changed_before_any_code(op: OP) -> None:
+    user, _ = await _setup(op)
+    await op.set_user(user.id, must_change_password=True)
+    browser = op.browser()
+    await op.sign_in(browser, user)
+    response = await op.authorize(browser, **_params())
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.startswith("/password?req=")
+    # Going straight to /authorize/resume does not skip the password change either.
+    resumed = await browser.get("/authorize/resume?" + location.split("?", 1)[1])
+    assert resumed.headers["location"].startswith("/password?req=")
+    assert stored(op, "oauth-code:") == []
+    _redirected_error(await op.authorize(browser, **_params(prompt="none")), "interaction_required")
