@@ -7,20 +7,14 @@ or dependencies end the command with one line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from core.logging import configure_logging
-from core.settings import ConfigError, Settings, load_settings
 from keyvault import (
     ENV_MASTER_KEY,
     ENV_MASTER_KEY_PREVIOUS,
@@ -30,8 +24,18 @@ from keyvault import (
 )
 from onegate import __version__
 from onegate.cli_clients import app as clients_app
+from onegate.cli_common import (
+    ConfigFile,
+    DataDir,
+    Json,
+    Port,
+    emit_json,
+    fail,
+    run,
+    settings_from,
+)
 from onegate.cli_users import app as users_app
-from onegate.runtime import StartupError, open_vault
+from onegate.runtime import open_vault
 
 T = TypeVar("T")
 
@@ -46,45 +50,6 @@ keys_app = typer.Typer(help="Keys: signing keys and the master key.", no_args_is
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="user")
 app.add_typer(clients_app, name="client")
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ONEGATE_DATA_DIR", help="Data directory [default: ./var]."),
-]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Port = Annotated[int | None, typer.Option("--port", help="The one public port (0: any free port).")]
-
-
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"onegate: {message}", err=True)
-    return typer.Exit(2)
-
-
-def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) -> Settings:
-    values = {key: value for key, value in overrides.items() if value is not None}
-    if data_dir is not None:
-        values["data_dir"] = data_dir
-    try:
-        settings = load_settings(config, overrides=values)
-    except ConfigError as e:
-        raise fail(f"configuration error: {e}") from None
-    configure_logging(settings.log.level, json=settings.log.json_lines)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
-    return settings
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except StartupError as e:
-        raise fail(str(e)) from None
-
-
-def emit_json(value: Any) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
 def version_callback(value: bool) -> None:

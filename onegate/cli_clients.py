@@ -16,16 +16,12 @@ secret, a removed client) is in force everywhere within that time.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import unicodedata
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from idp.clients.services import (
     DEFAULT_GRANT_TYPES,
@@ -33,6 +29,17 @@ from idp.clients.services import (
     ClientError,
     ClientRegistry,
     RegisteredClient,
+)
+from onegate.cli_common import (
+    ConfigFile,
+    DataDir,
+    Json,
+    actor,
+    emit_json,
+    fail,
+    settings_from,
+    table,
+    with_runtime,
 )
 
 if TYPE_CHECKING:
@@ -49,14 +56,6 @@ app = typer.Typer(
 )
 
 # The same options as onegate/cli.py (which imports this module, so they cannot come from there).
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ONEGATE_DATA_DIR", help="Data directory [default: ./var]."),
-]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ClientId = Annotated[str, typer.Argument(help="The client_id.")]
 
 Name = Annotated[str | None, typer.Option("--name", help="Display name, e.g. 协同办公系统.")]
@@ -109,79 +108,25 @@ Description = Annotated[str | None, typer.Option("--description", help="A note f
 # -- plumbing ---------------------------------------------------------------------------------------
 
 
-def _settings(data_dir: Path | None, config: Path | None) -> Settings:
-    from onegate.cli import settings_from
-
-    return settings_from(data_dir, config)
-
-
-def _fail(message: str) -> typer.Exit:
-    from onegate.cli import fail
-
-    return fail(message)
-
-
-def _emit_json(value: Any) -> None:
-    from onegate.cli import emit_json
-
-    emit_json(value)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no name for this uid (containers)
-        return f"cli:uid-{os.getuid()}"
-
-
 def _with_registry(settings: Settings, work: Callable[[ClientRegistry], Awaitable[T]]) -> T:
-    """Open the runtime (dependencies checked), run ``work`` on a registry, close; errors are one line."""
-    from onegate.cli import run
-    from onegate.runtime import open_runtime
+    """Run ``work`` on a registry over the checked runtime; errors are one line."""
 
-    async def session() -> T:
-        runtime: Runtime = await open_runtime(settings)
-        try:
-            await runtime.bus.start()
-            return await work(ClientRegistry(runtime.sessions, runtime.vault.secrets, events=runtime.bus))
-        finally:
-            await runtime.close()
+    def on_registry(runtime: Runtime) -> Awaitable[T]:
+        return work(ClientRegistry(runtime.sessions, runtime.vault.secrets, events=runtime.bus))
 
-    try:
-        return run(session())
-    except ClientError as e:
-        raise _fail(str(e)) from None
-    except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise _fail(f"database error: {reason}") from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except Exception as e:  # the operator gets one line, never a traceback
-        raise _fail(f"unexpected error: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return with_runtime(settings, on_registry, errors=(ClientError,))
 
 
 def _read_jwks(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise _fail(f"cannot read {path}: {e.strerror}") from None
+        raise fail(f"cannot read {path}: {e.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(f"{path} is not JSON: {e}".splitlines()[0]) from None
+        raise fail(f"{path} is not JSON: {e}".splitlines()[0]) from None
     if not isinstance(value, dict):
-        raise _fail(f'{path} must hold a JWK Set: {{"keys": [...]}}')
+        raise fail(f'{path} must hold a JWK Set: {{"keys": [...]}}')
     return value
-
-
-def _width(text: str) -> int:
-    # Chinese characters take two terminal columns.
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        cells = (cell + " " * max(w - _width(cell), 0) for cell, w in zip(line, widths, strict=True))
-        typer.echo("  ".join(cells).rstrip())
 
 
 def _print_client(client: RegisteredClient) -> None:
@@ -238,7 +183,7 @@ def add(
     as_json: Json = False,
 ) -> None:
     """Register a client; a confidential client's secret is printed once."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
     jwks = _read_jwks(jwks_file) if jwks_file is not None else None
 
     async def work(registry: ClientRegistry) -> tuple[RegisteredClient, str | None]:
@@ -260,12 +205,12 @@ def add(
             access_token_lifetime=access_token_lifetime,
             refresh_token_lifetime=refresh_token_lifetime,
             description=description,
-            actor=_actor(),
+            actor=actor(),
         )
 
     client, secret = _with_registry(settings, work)
     if as_json:
-        _emit_json({**client.public_dict(), "client_secret": secret})
+        emit_json({**client.public_dict(), "client_secret": secret})
         return
     _print_client(client)
     if secret is not None:
@@ -275,19 +220,19 @@ def add(
 @app.command("list")
 def list_clients(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
     """List every client (never secrets)."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(registry: ClientRegistry) -> list[RegisteredClient]:
         return await registry.list()
 
     clients = _with_registry(settings, work)
     if as_json:
-        _emit_json([c.public_dict() for c in clients])
+        emit_json([c.public_dict() for c in clients])
         return
     if not clients:
         typer.echo("no clients")
         return
-    _table(
+    table(
         ["CLIENT_ID", "TYPE", "AUTH", "STATUS", "NAME"],
         [
             [
@@ -307,14 +252,14 @@ def show(
     client_id: ClientId, data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False
 ) -> None:
     """Show one client's registration (never its secret)."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(registry: ClientRegistry) -> RegisteredClient:
         return await registry.require(client_id)
 
     client = _with_registry(settings, work)
     if as_json:
-        _emit_json(client.public_dict())
+        emit_json(client.public_dict())
         return
     _print_client(client)
 
@@ -355,7 +300,7 @@ def update(
     as_json: Json = False,
 ) -> None:
     """Change a client. List options replace the whole list; "" clears a value, 0 a lifetime."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
     changes: dict[str, Any] = {}
     if name is not None:
         changes["name"] = name
@@ -391,14 +336,14 @@ def update(
     if jwks_file is not None:
         changes["jwks"] = _read_jwks(jwks_file)
     if not changes:
-        raise _fail("nothing to change: name an option to update (see --help)")
+        raise fail("nothing to change: name an option to update (see --help)")
 
     async def work(registry: ClientRegistry) -> tuple[RegisteredClient, str | None]:
-        return await registry.update(client_id, actor=_actor(), **changes)
+        return await registry.update(client_id, actor=actor(), **changes)
 
     client, secret = _with_registry(settings, work)
     if as_json:
-        _emit_json({**client.public_dict(), "client_secret": secret})
+        emit_json({**client.public_dict(), "client_secret": secret})
         return
     _print_client(client)
     if secret is not None:
@@ -410,14 +355,14 @@ def rotate_secret(
     client_id: ClientId, data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False
 ) -> None:
     """Replace a client's secret; the new one is printed once and the old one stops working."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(registry: ClientRegistry) -> str:
-        return await registry.rotate_secret(client_id, actor=_actor())
+        return await registry.rotate_secret(client_id, actor=actor())
 
     secret = _with_registry(settings, work)
     if as_json:
-        _emit_json({"client_id": client_id, "client_secret": secret})
+        emit_json({"client_id": client_id, "client_secret": secret})
         return
     typer.echo(f"{'client_id:':<37} {client_id}")
     _print_secret(secret)
@@ -427,22 +372,22 @@ def rotate_secret(
 @app.command("remove")
 def remove(client_id: ClientId, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Delete a client and the consents users gave it."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(registry: ClientRegistry) -> None:
-        await registry.remove(client_id, actor=_actor())
+        await registry.remove(client_id, actor=actor())
 
     _with_registry(settings, work)
     typer.echo(f"removed client {client_id}")
 
 
 def _set_disabled(client_id: str, disabled: bool, data_dir: Path | None, config: Path | None) -> None:
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(registry: ClientRegistry) -> RegisteredClient:
         if disabled:
-            return await registry.disable(client_id, actor=_actor())
-        return await registry.enable(client_id, actor=_actor())
+            return await registry.disable(client_id, actor=actor())
+        return await registry.enable(client_id, actor=actor())
 
     _with_registry(settings, work)
     typer.echo(f"{'disabled' if disabled else 'enabled'} client {client_id}")

@@ -13,17 +13,14 @@ operating-system account that ran the command as ``labels.actor``.
 from __future__ import annotations
 
 import csv
-import getpass
 import os
 import sys
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from core.events import Category, Event, Outcome
 from idp.directory.csv_import import (
@@ -46,6 +43,17 @@ from idp.directory.services import (
     as_utc,
 )
 from idp.events import auth_event
+from onegate.cli_common import (
+    ConfigFile,
+    DataDir,
+    Json,
+    actor,
+    emit_json,
+    fail,
+    settings_from,
+    table,
+    with_runtime,
+)
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -62,74 +70,19 @@ app.add_typer(groups_app, name="groups")
 app.add_typer(departments_app, name="departments")
 
 # The same options as onegate/cli.py (which imports this module, so they cannot come from there).
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ONEGATE_DATA_DIR", help="Data directory [default: ./var]."),
-]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Username = Annotated[str, typer.Argument(help="The user name (3-64 characters a-z 0-9 . _ -).")]
 
 
 # -- plumbing ---------------------------------------------------------------------------------
 
 
-def _settings(data_dir: Path | None, config: Path | None) -> Settings:
-    from onegate.cli import settings_from
-
-    return settings_from(data_dir, config)
-
-
-def _fail(message: str) -> typer.Exit:
-    from onegate.cli import fail
-
-    return fail(message)
-
-
-def _emit_json(value: Any) -> None:
-    from onegate.cli import emit_json
-
-    emit_json(value)
-
-
 def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
-    """Open the runtime (dependencies checked), run ``work``, close; errors become one line."""
-    from onegate.cli import run
-    from onegate.runtime import open_runtime
-
-    async def session() -> T:
-        runtime = await open_runtime(settings)
-        try:
-            await runtime.bus.start()
-            return await work(runtime)
-        finally:
-            await runtime.close()
-
-    try:
-        return run(session())
-    except DirectoryError as e:
-        raise _fail(str(e)) from None
-    except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise _fail(f"database error: {reason}") from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except Exception as e:  # the operator gets one line, never a traceback
-        raise _fail(f"unexpected error: {type(e).__name__}: {e}") from None
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no name for this uid (containers)
-        return f"cli:uid-{os.getuid()}"
+    return with_runtime(settings, work, errors=(DirectoryError,))
 
 
 def _iam_event(action: str, user: User | None = None, *, types: tuple[str, ...], **fields: Any) -> Event:
     """An administrative change (ECS event.category iam) made from the command line."""
-    values: dict[str, Any] = {"event.type": list(types), "labels.actor": _actor()}
+    values: dict[str, Any] = {"event.type": list(types), "labels.actor": actor()}
     if user is not None:
         values["user.name"] = user.username
         values["user.id"] = str(user.id)
@@ -142,21 +95,6 @@ def _iam_event(action: str, user: User | None = None, *, types: tuple[str, ...],
 def _when(value: Any) -> str | None:
     moment = as_utc(value)
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-
-def _width(text: str) -> int:
-    # Chinese characters take two terminal columns.
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(width - _width(text), 0)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        typer.echo("  ".join(_pad(cell, w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _user_record(user: User, *, department: str | None = None) -> dict[str, Any]:
@@ -193,7 +131,7 @@ def add(
     as_json: Json = False,
 ) -> None:
     """Add a user with a one-time password, printed once; it must be changed at first sign-in."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> tuple[User, str]:
         user, password = await runtime.directory.add_user_with_one_time_password(
@@ -211,7 +149,7 @@ def add(
 
     user, password = _with_runtime(settings, work)
     if as_json:
-        _emit_json({"username": user.username, "display_name": user.display_name, "password": password})
+        emit_json({"username": user.username, "display_name": user.display_name, "password": password})
         return
     typer.echo(f"created user {user.username} ({user.display_name})")
     typer.echo(f"one-time password (shown once; change it at first sign-in): {password}")
@@ -234,11 +172,11 @@ def list_users(
     as_json: Json = False,
 ) -> None:
     """List users by user name, with filters and paging."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
     try:
         wanted = UserStatus(status.strip().lower()) if status is not None else None
     except ValueError:
-        raise _fail(
+        raise fail(
             f"unknown status {status!r}; choose one of {', '.join(s.value for s in UserStatus)}"
         ) from None
 
@@ -253,9 +191,9 @@ def list_users(
 
     records, total = _with_runtime(settings, work)
     if as_json:
-        _emit_json(records)
+        emit_json(records)
         return
-    _table(
+    table(
         ["username", "name", "status", "department", "last login"],
         [
             [r["username"], r["display_name"], r["status"], r["department"] or "-", r["last_login_at"] or "-"]
@@ -271,7 +209,7 @@ def show(
     username: Username, data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False
 ) -> None:
     """Show one user: profile, status, department path, groups, sign-in state."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> dict[str, Any]:
         directory = runtime.directory
@@ -292,7 +230,7 @@ def show(
 
     record = _with_runtime(settings, work)
     if as_json:
-        _emit_json(record)
+        emit_json(record)
         return
     labels = {
         "username": "user name",
@@ -328,7 +266,7 @@ def _status_command(
     change: Callable[[Directory, str], Awaitable[StatusChange]],
     event: Callable[[StatusChange], Event],
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> StatusChange:
         result = await change(runtime.directory, username)
@@ -338,7 +276,7 @@ def _status_command(
     result = _with_runtime(settings, work)
     user = result.user
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "username": user.username,
                 "status": user.status.value,
@@ -362,7 +300,7 @@ def _auth_status_event(action: str, reason: str) -> Callable[[StatusChange], Eve
             username=result.user.username,
             user_id=result.user.id,
             event__type=["user", "change"],
-            labels__actor=_actor(),
+            labels__actor=actor(),
             labels__previous_status=result.previous.value,
         )
 
@@ -443,7 +381,7 @@ def reset_password(
     username: Username, data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False
 ) -> None:
     """Give the user a new one-time password, printed once; it must be changed at next sign-in."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> tuple[User, str]:
         user, password = await runtime.directory.reset_password(username)
@@ -452,7 +390,7 @@ def reset_password(
 
     user, password = _with_runtime(settings, work)
     if as_json:
-        _emit_json({"username": user.username, "password": password})
+        emit_json({"username": user.username, "password": password})
         return
     typer.echo(
         f"new one-time password for {user.username} (shown once; change it at next sign-in): {password}"
@@ -471,9 +409,9 @@ def _password_sink(path: Path | None) -> Iterator[IO[str] | None]:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise _fail(f"{path} exists: choose a new file for the one-time passwords") from None
+        raise fail(f"{path} exists: choose a new file for the one-time passwords") from None
     except OSError as e:
-        raise _fail(f"cannot create {path}: {e.strerror}") from None
+        raise fail(f"cannot create {path}: {e.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
         yield handle
 
@@ -507,16 +445,16 @@ def import_users(
     Run with --dry-run first. Importing the same file again changes nothing. Exit status 1
     when some rows were bad.
     """
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
     try:
         data = file.read_bytes()
     except OSError as e:
-        raise _fail(f"cannot read {file}: {e.strerror}") from None
+        raise fail(f"cannot read {file}: {e.strerror}") from None
     try:
         text, used = decode_csv(data, encoding)
         parsed = parse_csv(text, used)
     except CsvFormatError as e:
-        raise _fail(f"{file}: {e}") from None
+        raise fail(f"{file}: {e}") from None
 
     with _password_sink(None if dry_run else passwords_file) as sink:
         writer = csv.writer(sink) if sink is not None else None
@@ -599,7 +537,7 @@ def _print_import(report: ImportReport, *, to_file: Path | None, as_json: bool) 
         summary = report.summary()
         summary["passwords"] = [{"username": u, "password": p} for u, p in passwords]
         summary["passwords_file"] = str(to_file) if to_file is not None else None
-        _emit_json(summary)
+        emit_json(summary)
         return
     verb = "would be " if report.dry_run else ""
     if report.dry_run:
@@ -630,7 +568,7 @@ def _print_import(report: ImportReport, *, to_file: Path | None, as_json: bool) 
 @groups_app.command("list")
 def groups_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
     """List groups with their member counts."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         return [
@@ -640,9 +578,9 @@ def groups_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Js
 
     records = _with_runtime(settings, work)
     if as_json:
-        _emit_json(records)
+        emit_json(records)
         return
-    _table(
+    table(
         ["group", "members", "description"],
         [[r["name"], str(r["members"]), r["description"] or ""] for r in records],
     )
@@ -656,7 +594,7 @@ def groups_add(
     config: ConfigFile = None,
 ) -> None:
     """Add a group (nothing happens if it exists)."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> tuple[str, bool]:
         existed = await runtime.directory.get_group(name) is not None
@@ -679,7 +617,7 @@ def groups_members(
     as_json: Json = False,
 ) -> None:
     """List the members of a group."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         return [
@@ -689,13 +627,13 @@ def groups_members(
 
     records = _with_runtime(settings, work)
     if as_json:
-        _emit_json(records)
+        emit_json(records)
         return
-    _table(["username", "name", "status"], [[r["username"], r["display_name"], r["status"]] for r in records])
+    table(["username", "name", "status"], [[r["username"], r["display_name"], r["status"]] for r in records])
 
 
 def _membership(group: str, username: str, data_dir: Path | None, config: Path | None, *, add: bool) -> None:
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> tuple[User | None, bool]:
         directory = runtime.directory
@@ -764,14 +702,14 @@ def _print_tree(nodes: tuple[DepartmentNode, ...], depth: int = 0) -> None:
 @departments_app.command("list")
 def departments_list(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
     """Show the department tree."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> tuple[DepartmentNode, ...]:
         return await runtime.directory.department_tree()
 
     tree = _with_runtime(settings, work)
     if as_json:
-        _emit_json([_node_record(node) for node in tree])
+        emit_json([_node_record(node) for node in tree])
         return
     _print_tree(tree)
 
@@ -787,7 +725,7 @@ def departments_add(
     config: ConfigFile = None,
 ) -> None:
     """Add a department, at the top of the tree or under --parent."""
-    settings = _settings(data_dir, config)
+    settings = settings_from(data_dir, config)
 
     async def work(runtime: Runtime) -> str:
         department = await runtime.directory.add_department(code, name, parent=parent, name_en=name_en)

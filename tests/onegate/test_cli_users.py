@@ -323,7 +323,7 @@ def test_admin_changes_emit_iam_events(ready: Path, monkeypatch: pytest.MonkeyPa
         runtime.bus.subscribe("test-recorder", record)
         return runtime
 
-    monkeypatch.setattr("onegate.runtime.open_runtime", recording)
+    monkeypatch.setattr("onegate.cli_common.open_runtime", recording)
     runner = CliRunner()
     outputs = []
     for args in (

@@ -1,0 +1,133 @@
+"""What every `onegate` command shares: options, settings, one-line errors, JSON and tables.
+
+Problems with configuration or dependencies end a command with one line on stderr
+(``onegate: ...``) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import unicodedata
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.logging import configure_logging
+from core.settings import ConfigError, Settings, load_settings
+from onegate.runtime import Runtime, StartupError, open_runtime
+
+__all__ = [
+    "ConfigFile",
+    "DataDir",
+    "Json",
+    "Port",
+    "actor",
+    "emit_json",
+    "fail",
+    "run",
+    "settings_from",
+    "table",
+    "with_runtime",
+]
+
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="ONEGATE_DATA_DIR", help="Data directory [default: ./var]."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Port = Annotated[int | None, typer.Option("--port", help="The one public port (0: any free port).")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print the one line and return the exit to raise."""
+    typer.echo(f"onegate: {message}", err=True)
+    return typer.Exit(2)
+
+
+def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    try:
+        settings = load_settings(config, overrides=values)
+    except ConfigError as e:
+        raise fail(f"configuration error: {e}") from None
+    configure_logging(settings.log.level, json=settings.log.json_lines)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
+    return settings
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except StartupError as e:
+        raise fail(str(e)) from None
+
+
+def with_runtime(
+    settings: Settings,
+    work: Callable[[Runtime], Awaitable[T]],
+    *,
+    errors: tuple[type[Exception], ...] = (),
+) -> T:
+    """Open the runtime (dependencies checked), run ``work``, close; errors become one line.
+
+    ``errors`` are the domain's own exceptions, whose messages are written for operators.
+    """
+
+    async def session() -> T:
+        runtime = await open_runtime(settings)
+        try:
+            await runtime.bus.start()
+            return await work(runtime)
+        finally:
+            await runtime.close()
+
+    try:
+        return run(session())
+    except errors as e:
+        raise fail(str(e)) from None
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise fail(f"database error: {reason}") from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:  # the operator gets one line, never a traceback
+        raise fail(f"unexpected error: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+
+
+def actor() -> str:
+    """Who runs this command, for the ``labels.actor`` of the events it emits."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return f"cli:uid-{os.getuid()}"
+
+
+def _width(text: str) -> int:
+    # Chinese characters take two terminal columns.
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """Print aligned columns (Chinese-aware widths)."""
+    widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        cells = (cell + " " * max(w - _width(cell), 0) for cell, w in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
