@@ -261,6 +261,20 @@ class TokenService:
             claims["grant_id"] = grant_id
         return self._signing.sign(claims, {"typ": ACCESS_TOKEN_TYP})
 
+    def grant_access_token(self, grant: GrantRecord, *, scope: str, lifetime: int) -> str:
+        """An access token of ``grant`` (its user, session and authentication), for ``scope``."""
+        return self.access_token(
+            client_id=grant.client_id,
+            sub=grant.sub,
+            scope=scope,
+            lifetime=lifetime,
+            sid=grant.sid,
+            auth_time=grant.auth_time,
+            acr=grant.acr,
+            amr=grant.amr,
+            grant_id=grant.id,
+        )
+
     def id_token(self, *, client_id: str, lifetime: int, claims: Mapping[str, Any]) -> str:
         """An ID token (OIDC Core §2) for ``client_id`` with the given user/session claims."""
         now = int(self._clock())

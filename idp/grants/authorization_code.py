@@ -167,17 +167,7 @@ class AuthorizationCodeGrant(rfc6749_grants.AuthorizationCodeGrant):  # type: ig
             created_at=now,
             expires_at=now + max(life.access, life.refresh if include_refresh_token else 0),
         )
-        access_token = tokens.access_token(
-            client_id=client.client_id,
-            sub=user.sub,
-            scope=scope,
-            lifetime=life.access,
-            sid=code.sid,
-            auth_time=code.auth_time,
-            acr=code.acr,
-            amr=code.amr,
-            grant_id=grant.id,
-        )
+        access_token = tokens.grant_access_token(grant, scope=scope, lifetime=life.access)
         issued = request.issued
         issued.grant = grant
         if include_refresh_token:

@@ -64,17 +64,7 @@ class RefreshTokenGrant(rfc6749_grants.RefreshTokenGrant):  # type: ignore[misc]
         now = tokens.now()
         scope = scope or ""
         extended = replace(grant, expires_at=max(grant.expires_at, now + max(life.access, life.refresh)))
-        access_token = tokens.access_token(
-            client_id=client.client_id,
-            sub=grant.sub,
-            scope=scope,
-            lifetime=life.access,
-            sid=grant.sid,
-            auth_time=grant.auth_time,
-            acr=grant.acr,
-            amr=grant.amr,
-            grant_id=grant.id,
-        )
+        access_token = tokens.grant_access_token(grant, scope=scope, lifetime=life.access)
         issued = request.issued
         issued.grant = extended
         issued.refresh_token = tokens.new_secret()
