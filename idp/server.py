@@ -38,7 +38,8 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from idp.clients.auth import ClientAuthFailure, RemoteJwks
 from idp.clients.auth import authenticate_client as authenticate
 from idp.clients.models import ClientType
-from idp.clients.services import ClientRegistry, RegisteredClient
+from idp.clients.records import RegisteredClient
+from idp.clients.services import ClientRegistry
 from idp.errors import printable
 from idp.events import auth_event
 from idp.integrations.starlette import OAuth2Response, StarletteOAuth2Request
@@ -68,7 +69,7 @@ TOKEN_AUTH_METHODS = (*CONFIDENTIAL_AUTH_METHODS, "none")
 
 
 class OAuthClient(ClientMixin):  # type: ignore[misc]
-    """A registered client (``idp.clients.services.RegisteredClient``) as authlib sees it."""
+    """A registered client (``idp.clients.records.RegisteredClient``) as authlib sees it."""
 
     def __init__(self, row: RegisteredClient) -> None:
         self.row = row

@@ -3,6 +3,9 @@
 :class:`ClientRegistry` registers, changes and looks up clients (secrets stored as a keyed
 SHA-256); :func:`authenticate_client` authenticates a client at the token, revocation,
 introspection and PAR endpoints and returns a value, never raising for a bad request.
+Registration metadata is checked in metadata.py (:func:`validate_metadata`), clients are
+handed out as :class:`RegisteredClient` (records.py), and errors are :class:`ClientError`
+(errors.py).
 """
 
 from idp.clients.auth import (
@@ -14,23 +17,19 @@ from idp.clients.auth import (
     RemoteJwks,
     authenticate_client,
 )
-from idp.clients.models import AuthMethod, Client, ClientType, Consent
-from idp.clients.services import (
+from idp.clients.errors import ClientError, ClientExists, ClientNotFound, InvalidClientMetadata
+from idp.clients.metadata import (
     ASSERTION_ALGORITHMS,
     STANDARD_SCOPES,
-    UNSET,
-    ClientError,
-    ClientExists,
     ClientKey,
     ClientMetadata,
-    ClientNotFound,
-    ClientRegistry,
-    InvalidClientMetadata,
-    RegisteredClient,
     check_url,
     parse_jwks,
     validate_metadata,
 )
+from idp.clients.models import AuthMethod, Client, ClientType, Consent
+from idp.clients.records import RegisteredClient
+from idp.clients.services import UNSET, ClientRegistry
 
 __all__ = [
     "ASSERTION_ALGORITHMS",

@@ -30,17 +30,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from core.kv import KV
+from idp.clients.errors import ClientError, InvalidClientMetadata
+from idp.clients.metadata import ASSERTION_ALGORITHMS, ClientKey, is_valid_client_id, parse_jwks
 from idp.clients.models import AuthMethod
-from idp.clients.services import (
-    ASSERTION_ALGORITHMS,
-    ClientError,
-    ClientKey,
-    ClientRegistry,
-    InvalidClientMetadata,
-    RegisteredClient,
-    is_valid_client_id,
-    parse_jwks,
-)
+from idp.clients.records import RegisteredClient
+from idp.clients.services import ClientRegistry
 from keyvault import TokenInvalid
 from keyvault.jws import ES256, RS256, PublicKey, b64url_decode, decode_json_segment, split_compact
 from keyvault.jws import parse_json_object as parse_strict_json

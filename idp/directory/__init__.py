@@ -2,7 +2,8 @@
 
 :class:`Directory` (services.py) is the one entry point; :class:`PasswordPolicy` (policy.py)
 judges new passwords; :class:`PasswordHashing` (passwords.py) hashes them with argon2id;
-csv_import.py imports users from a spreadsheet.
+csv_import.py imports users from a spreadsheet. The values the directory returns and the
+field rules are in values.py, its errors (:class:`DirectoryError`) in errors.py.
 """
 
 from idp.directory.csv_import import (
@@ -15,22 +16,24 @@ from idp.directory.csv_import import (
     import_users,
     parse_csv,
 )
-from idp.directory.models import Department, Group, Membership, User, UserStatus
-from idp.directory.passwords import PasswordHashing, generate_password
-from idp.directory.policy import PasswordPolicy, PolicyReason, PolicyResult, common_passwords
-from idp.directory.services import (
+from idp.directory.errors import (
     DepartmentExists,
-    DepartmentNode,
-    Directory,
     DirectoryError,
-    GroupSummary,
     InvalidValue,
     PasswordRejected,
-    StatusChange,
     UnknownDepartment,
     UnknownGroup,
     UnknownUser,
     UserExists,
+)
+from idp.directory.models import Department, Group, Membership, User, UserStatus
+from idp.directory.passwords import PasswordHashing, generate_password
+from idp.directory.policy import PasswordPolicy, PolicyReason, PolicyResult, common_passwords
+from idp.directory.services import Directory
+from idp.directory.values import (
+    DepartmentNode,
+    GroupSummary,
+    StatusChange,
     UserProfile,
     sign_in_blocked,
 )

@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from idp.directory.services import (
-    Directory,
-    DirectoryError,
-    UnknownDepartment,
+from idp.directory.errors import DirectoryError, UnknownDepartment
+from idp.directory.services import Directory
+from idp.directory.values import (
     clean_display_name,
     clean_email,
     clean_phone,

@@ -21,8 +21,8 @@ from starlette.responses import Response
 
 from core.web import N_, ErrorCode, HTTPProblem
 from idp.context import IdpContext
+from idp.directory.errors import PasswordRejected
 from idp.directory.policy import REASON_MESSAGES
-from idp.directory.services import PasswordRejected
 from idp.events import auth_event
 from idp.guard import LoginGuard
 from idp.pages import (
