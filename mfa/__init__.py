@@ -1,1 +1,54 @@
+"""Multi-factor authentication services: TOTP (RFC 6238) and recovery codes.
 
+Sits between ``policy`` and ``idp`` in the dependency order: users are referred to by their
+``users.id``; the IdP owns sign-in, pages and lockout. See docs/mfa.md.
+"""
+
+from mfa.errors import MfaError, UnreadableSecret
+from mfa.events import DATASET, mfa_event
+from mfa.models import RecoveryCode, TotpCredential
+from mfa.recovery import (
+    ALPHABET,
+    CODE_COUNT,
+    CODE_LENGTH,
+    CodeHasher,
+    RecoveryCodes,
+    RecoveryResult,
+    format_code,
+    normalise_recovery_code,
+)
+from mfa.totp import (
+    DEFAULT_ISSUER,
+    Enrolment,
+    TotpCredentialInfo,
+    TotpReason,
+    TotpResult,
+    TotpService,
+    normalise_code,
+    provisioning_uri,
+)
+
+__all__ = [
+    "ALPHABET",
+    "CODE_COUNT",
+    "CODE_LENGTH",
+    "DATASET",
+    "DEFAULT_ISSUER",
+    "CodeHasher",
+    "Enrolment",
+    "MfaError",
+    "RecoveryCode",
+    "RecoveryCodes",
+    "RecoveryResult",
+    "TotpCredential",
+    "TotpCredentialInfo",
+    "TotpReason",
+    "TotpResult",
+    "TotpService",
+    "UnreadableSecret",
+    "format_code",
+    "mfa_event",
+    "normalise_code",
+    "normalise_recovery_code",
+    "provisioning_uri",
+]

@@ -5,5 +5,6 @@ from __future__ import annotations
 from core.db import metadata
 from idp.clients import models as client_models
 from idp.directory import models as directory_models
+from mfa import models as mfa_models
 
-__all__ = ["client_models", "directory_models", "metadata"]
+__all__ = ["client_models", "directory_models", "metadata", "mfa_models"]
