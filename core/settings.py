@@ -28,6 +28,7 @@ __all__ = [
     "KVSettings",
     "KeyvaultSettings",
     "LogSettings",
+    "MfaSettings",
     "ServerSettings",
     "Settings",
     "WebSettings",
@@ -148,6 +149,51 @@ class IdpSettings(_Section):
     ip_throttle_window: int = Field(300, ge=1, description="Window of the per-address throttle (seconds).")
 
 
+class MfaSettings(_Section):
+    required: bool = Field(
+        False,
+        description="Require a second factor of every user (otherwise per group, per client and per "
+        "`acr_values`).",
+    )
+    totp_issuer: str = Field(
+        "OneGate 统一身份门户",
+        min_length=1,
+        max_length=64,
+        description="Issuer name authenticator apps show.",
+    )
+    totp_max_failures: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Wrong codes per user within `totp_failure_window` before codes are refused.",
+    )
+    totp_failure_window: int = Field(300, ge=30, description="Window of the code attempt limit (seconds).")
+    webauthn_rp_id: str | None = Field(
+        None,
+        description="WebAuthn relying-party id (a registrable domain). Unset: the issuer's host name. "
+        "Changing it makes every registered passkey unusable.",
+    )
+    webauthn_origins: list[str] = Field(
+        default_factory=list,
+        description="Exact origins allowed in WebAuthn ceremonies. Empty: the issuer's origin only.",
+    )
+    webauthn_user_verification: Literal["required", "preferred", "discouraged"] = Field(
+        "preferred",
+        description="User verification (PIN / biometric) asked of authenticators used as a second factor; "
+        "signing in without a password always requires it.",
+    )
+    webauthn_attestation: Literal["none", "direct"] = Field(
+        "none", description="Attestation asked for at registration (`direct` with an AAGUID allow-list)."
+    )
+    webauthn_aaguids: list[str] = Field(
+        default_factory=list,
+        description="Authenticator models (AAGUIDs) allowed to register. Empty: any.",
+    )
+    webauthn_challenge_ttl: int = Field(
+        300, ge=30, le=900, description="Seconds a WebAuthn challenge stays usable (once)."
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     json_lines: bool = Field(True, description="One JSON object per line (`false`: readable console lines).")
@@ -171,6 +217,7 @@ class Settings(BaseSettings):
     keyvault: KeyvaultSettings = Field(default_factory=KeyvaultSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     idp: IdpSettings = Field(default_factory=IdpSettings)
+    mfa: MfaSettings = Field(default_factory=MfaSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -22,10 +22,11 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 from core.kv import KV
+from mfa.levels import acr_for, combine
 
 __all__ = ["COOKIE_NAME", "REVOKED_CHANNEL", "SSOSession", "SessionStore"]
 
@@ -145,6 +146,38 @@ class SessionStore:
             # Best effort: a concurrent update (a client added) wins; the timer restarts next time.
             await self._kv.compare_and_set(f"sso:{sid}", raw, session.to_json(), ttl=self._ttl(session, now))
         return session
+
+    async def upgrade(self, sid: str, methods: Iterable[str]) -> tuple[SSOSession, str] | None:
+        """Step-up in place: add the methods of a further authentication to the session.
+
+        ``amr`` becomes the union (``mfa.levels.combine``), ``acr`` is derived afresh from it and
+        ``auth_time`` is now (an authentication just happened, which is what ``max_age`` asks
+        about). The session keeps its ``sid`` (tokens and back-channel logout refer to it) but
+        gets a new cookie secret: the privilege changed, so a cookie value seen before the
+        step-up is worth nothing after it. None when the session has ended meanwhile.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._kv.get(f"sso:{sid}")
+            if raw is None:
+                return None
+            session = SSOSession.from_json(raw)
+            now = self._clock()
+            amr = combine(session.amr, methods)
+            secret = self._token(32)
+            updated = replace(
+                session,
+                amr=amr,
+                acr=acr_for(amr),
+                auth_time=now,
+                last_seen=now,
+                secret_hash=_digest(secret),
+            )
+            ttl = self._ttl(updated, now)
+            if ttl <= 0:
+                return None
+            if await self._kv.compare_and_set(f"sso:{sid}", raw, updated.to_json(), ttl=ttl):
+                return updated, f"{sid}.{secret}"
+        return None
 
     async def add_client(self, sid: str, client_id: str) -> None:
         """Remember that ``client_id`` received tokens from this session (for back-channel logout)."""

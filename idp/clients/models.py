@@ -56,6 +56,8 @@ class Client(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)  # the scopes it may ask for
     first_party: Mapped[bool] = mapped_column(default=False)  # consent is skipped
     require_pkce: Mapped[bool] = mapped_column(default=True)
+    # The weakest authentication class (acr) a sign-in for this client must reach; None: any.
+    minimum_acr: Mapped[str | None] = mapped_column(String(64))
     id_token_lifetime: Mapped[int | None]
     access_token_lifetime: Mapped[int | None]
     refresh_token_lifetime: Mapped[int | None]

@@ -56,6 +56,8 @@ class User(Base):
     # argon2id PHC string; None for accounts that cannot sign in with a password.
     password_hash: Mapped[str | None] = mapped_column(Text)
     must_change_password: Mapped[bool] = mapped_column(default=False)
+    # An administrator's "set up a second factor at next sign-in" (cleared once one is enrolled).
+    mfa_enrol_required: Mapped[bool] = mapped_column(default=False, server_default="0")
     password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Automatic lockout after repeated failures (the failure counters themselves live in KV).
@@ -73,6 +75,8 @@ class Group(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str | None] = mapped_column(String(500))
+    # Members must sign in with a second factor (acr urn:onegate:acr:mfa or stronger).
+    mfa_required: Mapped[bool] = mapped_column(default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

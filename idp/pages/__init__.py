@@ -26,6 +26,7 @@ from idp.context import IdpContext
 from idp.directory.models import User, UserStatus
 from idp.pending import PendingAuthorization
 from idp.sessions import SSOSession
+from mfa import levels
 
 __all__ = [
     "ACR_PWD",
@@ -49,9 +50,9 @@ TEMPLATE_DIR = HERE / "templates"
 LOCALE_DIR = HERE / "locale"
 
 # What a password sign-in establishes (OIDC Core 1.0 §2: ``amr`` per RFC 8176 §2, "pwd");
-# MFA raises both in a later issue.
-AMR_PWD = ("pwd",)
-ACR_PWD = "urn:onegate:acr:pwd"  # noqa: S105 - an authentication context class, not a secret
+# a second factor raises both (mfa.levels).
+AMR_PWD = (levels.AMR_PWD,)
+ACR_PWD = levels.ACR_PWD
 
 # Longest value taken from a form field; longer input is cut, never an error page.
 _FIELD_MAX = 1024
