@@ -1,4 +1,4 @@
-"""Multi-factor authentication services: TOTP (RFC 6238) and recovery codes.
+"""Multi-factor authentication services: TOTP (RFC 6238), WebAuthn (passkeys) and recovery codes.
 
 Sits between ``policy`` and ``idp`` in the dependency order: users are referred to by their
 ``users.id``; the IdP owns sign-in, pages and lockout. See docs/mfa.md.
@@ -6,7 +6,7 @@ Sits between ``policy`` and ``idp`` in the dependency order: users are referred 
 
 from mfa.errors import MfaError, UnreadableSecret
 from mfa.events import DATASET, mfa_event
-from mfa.models import RecoveryCode, TotpCredential
+from mfa.models import RecoveryCode, TotpCredential, WebAuthnCredential
 from mfa.recovery import (
     ALPHABET,
     CODE_COUNT,
@@ -27,6 +27,14 @@ from mfa.totp import (
     normalise_code,
     provisioning_uri,
 )
+from mfa.webauthn import (
+    AssertionResult,
+    Ceremony,
+    RegistrationResult,
+    WebAuthnCredentialInfo,
+    WebAuthnReason,
+    WebAuthnService,
+)
 
 __all__ = [
     "ALPHABET",
@@ -34,18 +42,25 @@ __all__ = [
     "CODE_LENGTH",
     "DATASET",
     "DEFAULT_ISSUER",
+    "AssertionResult",
+    "Ceremony",
     "CodeHasher",
     "Enrolment",
     "MfaError",
     "RecoveryCode",
     "RecoveryCodes",
     "RecoveryResult",
+    "RegistrationResult",
     "TotpCredential",
     "TotpCredentialInfo",
     "TotpReason",
     "TotpResult",
     "TotpService",
     "UnreadableSecret",
+    "WebAuthnCredential",
+    "WebAuthnCredentialInfo",
+    "WebAuthnReason",
+    "WebAuthnService",
     "format_code",
     "mfa_event",
     "normalise_code",

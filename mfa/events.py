@@ -1,7 +1,8 @@
 """MFA security events (ECS), one constructor so that emitters cannot drift.
 
 Actions (``event.action``): ``mfa-enrolled``, ``mfa-verified``, ``mfa-failed``
-(``onegate.reason`` invalid / rate_limited), ``mfa-replayed``, ``recovery-code-used``
+(``onegate.reason`` invalid / rate_limited, or a WebAuthn reason), ``mfa-replayed``,
+``mfa-clone-suspected`` (a WebAuthn signature counter did not increase), ``recovery-code-used``
 (success, with ``onegate.mfa.remaining``; failure), ``recovery-codes-generated``,
 ``mfa-removed`` and ``mfa-reset``. Dataset ``onegate.mfa``. Events never carry a code or a
 seed (and note that the event model refuses field *names* containing "otp": the method is
@@ -23,6 +24,7 @@ _CATEGORY = {
     "mfa-verified": Category.AUTHENTICATION,
     "mfa-failed": Category.AUTHENTICATION,
     "mfa-replayed": Category.INTRUSION_DETECTION,
+    "mfa-clone-suspected": Category.INTRUSION_DETECTION,
     "recovery-code-used": Category.AUTHENTICATION,
     "recovery-codes-generated": Category.IAM,
     "mfa-removed": Category.IAM,
@@ -34,14 +36,19 @@ def mfa_event(
     action: str,
     *,
     success: bool,
-    user_id: int,
+    user_id: int | None,
     method: str,
     reason: str | None = None,
     credential_id: int | None = None,
     **extra: Any,
 ) -> Event:
-    """An MFA event; ``extra`` takes further ECS fields with ``__`` for dots (``onegate__mfa__remaining``)."""
-    fields: dict[str, Any] = {"user.id": str(user_id), "onegate.mfa.method": method}
+    """An MFA event; ``extra`` takes further ECS fields with ``__`` for dots (``onegate__mfa__remaining``).
+
+    ``user_id`` is None only when no user is known (a passwordless sign-in with an unknown passkey).
+    """
+    fields: dict[str, Any] = {"onegate.mfa.method": method}
+    if user_id is not None:
+        fields["user.id"] = str(user_id)
     if credential_id is not None:
         fields["onegate.mfa.credential_id"] = str(credential_id)
     if reason is not None:
