@@ -15,12 +15,15 @@ from core.events import EventEmitter
 from core.kv import KV
 from core.net import TrustedProxies, client_address
 from core.settings import IdpSettings
+from idp.assurance import user_requirement
+from idp.directory.models import User
 from idp.directory.passwords import PasswordHashing
 from idp.directory.services import Directory
 from idp.events import auth_event
 from idp.pending import PendingStore
 from idp.sessions import COOKIE_NAME, SessionStore, SSOSession
 from keyvault import SecretStore, SigningKeyring
+from mfa.services import MfaServices
 
 __all__ = ["IdpContext", "SessionListener"]
 
@@ -42,10 +45,19 @@ class IdpContext:
     signing: SigningKeyring
     secrets: SecretStore
     events: EventEmitter
+    mfa: MfaServices
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     clock: Callable[[], float] = time.time
     # Registered at assembly: back-channel logout is one (idp.logout).
     session_listeners: tuple[SessionListener, ...] = ()
+
+    async def mfa_requirement(self, user: User) -> str | None:
+        """The authentication class every sign-in of ``user`` needs (``idp.assurance``)."""
+        return user_requirement(
+            everyone=self.mfa.settings.required,
+            enrol_required=user.mfa_enrol_required,
+            group_required=await self.directory.mfa_required_by_group(user.id),
+        )
 
     async def end_session(self, sid: str, *, reason: str, actor: str | None = None) -> SSOSession | None:
         """Revoke one SSO session, tell the listeners, emit ``session-revoked``; None if already over."""

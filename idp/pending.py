@@ -36,6 +36,9 @@ class PendingAuthorization:
     acr_values: tuple[str, ...]
     ui_locales: str | None
     created_at: float
+    # The authentication class the request itself needs (client minimum, acr_values, essential
+    # acr claim: idp.assurance.request_requirement); the user's own requirement is added to it.
+    acr: str | None = None
 
     def param(self, name: str) -> str | None:
         return next((value for key, value in self.params if key == name), None)

@@ -162,6 +162,8 @@ class SessionStore:
                 return None
             session = SSOSession.from_json(raw)
             now = self._clock()
+            if now >= session.expires_at or now - session.last_seen >= self._idle:
+                return None  # ended by a timeout: a step-up cannot revive it
             amr = combine(session.amr, methods)
             secret = self._token(32)
             updated = replace(

@@ -401,6 +401,21 @@ class TotpService:
 
     # -- management -------------------------------------------------------------------------
 
+    async def rewrap(self) -> int:
+        """Re-wrap every stored seed under the active master key (after a master-key rotation).
+
+        Only the wrapped data key changes; the seed and its binding to user and credential stay.
+        Returns how many rows changed (rows already under the active key are left alone).
+        """
+        changed = 0
+        async with self._db() as s, s.begin():
+            for row in (await s.execute(select(TotpCredential))).scalars():
+                blob = self._envelope.rewrap(row.secret_enc)
+                if blob != row.secret_enc:
+                    row.secret_enc = blob
+                    changed += 1
+        return changed
+
     async def is_enrolled(self, user_id: int) -> bool:
         async with self._db() as s:
             found = await s.execute(
@@ -451,11 +466,14 @@ class TotpService:
             self._emit("mfa-removed", success=True, user_id=user_id, credential_id=credential_id)
         return removed
 
-    async def remove_all(self, user_id: int) -> int:
-        """Admin reset: remove every credential, any pending enrolment and the failure count."""
+    async def remove_all(self, user_id: int, *, emit: bool = True) -> int:
+        """Admin reset: remove every credential, any pending enrolment and the failure count.
+
+        ``emit=False`` when the caller reports the reset itself (``MfaServices.reset``)."""
         async with self._db() as s, s.begin():
             done = await s.execute(delete(TotpCredential).where(TotpCredential.user_id == user_id))
         await self._kv.delete(self._pending_key(user_id), self._failures_key(user_id))
         count = int(done.rowcount)
-        self._emit("mfa-reset", success=True, user_id=user_id, onegate__mfa__removed=count)
+        if emit:
+            self._emit("mfa-reset", success=True, user_id=user_id, onegate__mfa__removed=count)
         return count

@@ -26,6 +26,7 @@ from idp.clients.errors import InvalidClientMetadata
 from idp.clients.models import AuthMethod, ClientType
 from keyvault import TokenInvalid
 from keyvault.jws import MIN_RSA_KEY_SIZE, PublicKey, b64url_decode
+from mfa.levels import ACR_LEVELS
 
 __all__ = [
     "ASSERTION_ALGORITHMS",
@@ -253,6 +254,7 @@ class ClientMetadata:
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     first_party: bool = False
     require_pkce: bool = True
+    minimum_acr: str | None = None  # the weakest sign-in class the client accepts (mfa.levels)
     id_token_lifetime: int | None = None
     access_token_lifetime: int | None = None
     refresh_token_lifetime: int | None = None
@@ -311,6 +313,14 @@ def _scopes(values: Iterable[str], grants: tuple[str, ...]) -> tuple[str, ...]:
     return scopes
 
 
+def _acr(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in ACR_LEVELS:
+        raise InvalidClientMetadata("minimum_acr", f"{value!r} is not one of {', '.join(ACR_LEVELS)}")
+    return str(value)
+
+
 def _lifetime(field: str, value: object) -> int | None:
     if value is None:
         return None
@@ -363,6 +373,7 @@ def validate_metadata(m: ClientMetadata) -> ClientMetadata:
         scopes=_scopes(m.scopes, grants),
         first_party=bool(m.first_party),
         require_pkce=bool(m.require_pkce),
+        minimum_acr=_acr(m.minimum_acr),
         id_token_lifetime=_lifetime("id_token_lifetime", m.id_token_lifetime),
         access_token_lifetime=_lifetime("access_token_lifetime", m.access_token_lifetime),
         refresh_token_lifetime=_lifetime("refresh_token_lifetime", m.refresh_token_lifetime),

@@ -45,6 +45,7 @@ class RegisteredClient:
     scopes: tuple[str, ...]
     first_party: bool
     require_pkce: bool
+    minimum_acr: str | None
     id_token_lifetime: int | None
     access_token_lifetime: int | None
     refresh_token_lifetime: int | None
@@ -86,6 +87,7 @@ class RegisteredClient:
             "scopes": list(self.scopes),
             "first_party": self.first_party,
             "require_pkce": self.require_pkce,
+            "minimum_acr": self.minimum_acr,
             "id_token_lifetime": self.id_token_lifetime,
             "access_token_lifetime": self.access_token_lifetime,
             "refresh_token_lifetime": self.refresh_token_lifetime,
@@ -126,6 +128,7 @@ class RegisteredClient:
             scopes=tuple(row.scopes or ()),
             first_party=row.first_party,
             require_pkce=row.require_pkce,
+            minimum_acr=row.minimum_acr,
             id_token_lifetime=row.id_token_lifetime,
             access_token_lifetime=row.access_token_lifetime,
             refresh_token_lifetime=row.refresh_token_lifetime,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -551,6 +551,36 @@ class Directory:
                 .order_by(Group.name)
             )
             return list(rows.scalars())
+
+    async def mfa_required_by_group(self, user_id: int) -> bool:
+        """Whether a group of the user requires a second factor (``groups.mfa_required``)."""
+        async with self._sessions() as s:
+            found = await s.execute(
+                select(Group.id)
+                .join(Membership, Membership.group_id == Group.id)
+                .where(Membership.user_id == user_id, Group.mfa_required.is_(True))
+                .limit(1)
+            )
+            return found.first() is not None
+
+    async def set_group_mfa_required(self, name: str, required: bool) -> Group:
+        """Require (or stop requiring) a second factor of the group's members."""
+        async with self._sessions() as s, s.begin():
+            group = await self._group(s, name)
+            group.mfa_required = required
+            return group
+
+    async def set_mfa_enrol_required(self, username: str, required: bool) -> User:
+        """Ask the user to set up a second factor at their next sign-in (or withdraw the request)."""
+        async with self._sessions() as s, s.begin():
+            user = await self._user(s, username)
+            user.mfa_enrol_required = required
+            return user
+
+    async def clear_mfa_enrol_required(self, user_id: int) -> None:
+        """The user has enrolled a factor: the administrator's request is met."""
+        async with self._sessions() as s, s.begin():
+            await s.execute(update(User).where(User.id == user_id).values(mfa_enrol_required=False))
 
     # -- departments ----------------------------------------------------------------------
 

@@ -15,8 +15,12 @@
 * when a third-party client lacks the user's consent for some scope (or ``prompt=consent``),
   to ``/consent?req=<id>`` — with ``prompt=none``: ``consent_required``. First-party clients
   never ask;
-* an essential ``acr`` (``claims`` parameter) the session cannot meet ends in
-  ``unmet_authentication_requirements`` (OIDC Core §5.5.1.1);
+* when the session's ``acr`` falls short of what the request, its client or the user needs
+  (``idp.assurance``: ``acr_values``, an essential ``acr`` claim, ``clients.minimum_acr``, MFA
+  required for the user or a group of theirs), to ``/mfa?req=<id>``: a step-up that upgrades the
+  session in place — with ``prompt=none``: ``interaction_required``. An essential ``acr`` naming
+  only classes this IdP does not know ends in ``unmet_authentication_requirements`` (OIDC Core
+  §5.5.1.1);
 * otherwise a code is issued, the client is remembered in the SSO session (for back-channel
   logout), and the browser goes back with ``code``, ``state`` and ``iss``.
 
@@ -26,8 +30,8 @@ requires the sign-in it asked for to have happened after the request was made
 (``auth_time >= created_at``). ``&denied=1`` ends it with ``access_denied``.
 
 ``select_account`` is handled like ``login``: one browser holds one session, so choosing
-another account means signing in again. ``acr_values`` are recorded in the pending request;
-the only level today is ``urn:onegate:acr:pwd``.
+another account means signing in again. The classes are ``urn:onegate:acr:pwd``, ``:mfa`` and
+``:phr`` (``mfa.levels``); the ID token's ``acr`` and ``amr`` say what the session really did.
 
 CSRF: ``/authorize`` is exempt — a relying party's page may POST it cross-site by design,
 and it changes nothing a GET could not. ``/authorize/resume`` is a GET.
@@ -53,6 +57,7 @@ from authlib.oidc.core.errors import (
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from idp.assurance import request_requirement, strongest
 from idp.claims import ClaimsRequest, claim_scopes, parse_claims_request, releasable
 from idp.endpoints import error_page, reject_duplicates
 from idp.endpoints.par import REQUEST_URI_PREFIX, pull_request
@@ -60,6 +65,7 @@ from idp.errors import IdTokenHintInvalid, UnmetAuthenticationRequirementsError
 from idp.integrations.starlette import OAuth2Response, read_oauth2_request, to_response
 from idp.pending import PendingAuthorization
 from idp.server import OneGateRequest
+from mfa.levels import satisfies
 
 if TYPE_CHECKING:
     from idp.claims import UserProfile
@@ -70,6 +76,7 @@ __all__ = ["ValidatedRequest", "authorize_endpoint", "resume_endpoint", "validat
 
 _PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 _MAX_HINT = 256
+_MAX_ACR_VALUES = 8
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class ValidatedRequest:
     max_age: int | None
     claims: ClaimsRequest
     hint: dict[str, Any] | None  # verified id_token_hint claims
+    acr: str | None  # the class the request needs (idp.assurance.request_requirement)
 
 
 def _prompt(raw: str | None) -> frozenset[str]:
@@ -132,6 +140,11 @@ def validate_request(provider: Provider, oreq: OneGateRequest) -> ValidatedReque
         raise
     client = oreq.client
     scopes = tuple((oreq.scope or "").split())
+    acr = request_requirement(
+        client_minimum=client.row.minimum_acr,
+        acr_values=str(data.get("acr_values") or "").split()[:_MAX_ACR_VALUES],
+        essential_acr=claims.essential_values("acr"),
+    )
     return ValidatedRequest(
         grant=grant,
         redirect_uri=redirect_uri,
@@ -141,6 +154,7 @@ def validate_request(provider: Provider, oreq: OneGateRequest) -> ValidatedReque
         max_age=max_age,
         claims=claims,
         hint=hint,
+        acr=acr,
     )
 
 
@@ -190,10 +204,6 @@ class _Flow:
             return None, None
         return session, profile
 
-    async def _must_change_password(self, user_id: int) -> bool:
-        user = await self.idp.directory.get_user_by_id(user_id)
-        return user is None or user.must_change_password
-
     async def _decide(
         self, oreq: OneGateRequest, valid: ValidatedRequest, pending: PendingAuthorization | None
     ) -> Response:
@@ -218,15 +228,25 @@ class _Flow:
             return _page(self.request, "/login", (await self._pending(oreq, valid, pending)).id)
         assert session is not None and profile is not None  # noqa: S101 - needs_login covers None
 
+        user = await self.idp.directory.get_user_by_id(session.user_id)
+        if user is None:
+            raise LoginRequiredError()
         # A one-time password (new account, administrator reset) must be replaced before any
         # application receives a code: the password page resumes this request afterwards.
-        if await self._must_change_password(session.user_id):
+        if user.must_change_password:
             if "none" in valid.prompt:
                 raise InteractionRequiredError()
             return _page(self.request, "/password", (await self._pending(oreq, valid, pending)).id)
 
+        # Zero trust for the session too: its class is checked against what this request, this
+        # client and this user need, every time; a shortfall is a step-up, never a pass.
+        required = strongest(valid.acr, await self.idp.mfa_requirement(user))
+        if not satisfies(session.acr, required):
+            if "none" in valid.prompt:
+                raise InteractionRequiredError()
+            return _page(self.request, "/mfa", (await self._pending(oreq, valid, pending)).id)
         essential_acr = valid.claims.essential_values("acr")
-        if essential_acr is not None and session.acr not in essential_acr:
+        if essential_acr is not None and not any(satisfies(session.acr, v) for v in essential_acr):
             raise UnmetAuthenticationRequirementsError()
 
         if not client.first_party:
@@ -266,9 +286,10 @@ class _Flow:
             prompt=tuple(sorted(valid.prompt)),
             login_hint=str(login_hint)[:_MAX_HINT] if login_hint else None,
             max_age=valid.max_age,
-            acr_values=tuple(data.get("acr_values", "").split())[:8],
+            acr_values=tuple(str(data.get("acr_values") or "").split())[:_MAX_ACR_VALUES],
             ui_locales=(data.get("ui_locales") or None),
             created_at=self.provider.tokens.now(),
+            acr=valid.acr,
         )
         await self.idp.pending.put(created)
         return created

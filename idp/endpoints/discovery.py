@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from idp.claims import CLAIMS_SUPPORTED, SCOPES_SUPPORTED
 from idp.server import TOKEN_AUTH_METHODS
+from mfa.levels import ACR_LEVELS
 
 if TYPE_CHECKING:
     from idp.server import Provider
@@ -55,7 +56,7 @@ def provider_metadata(provider: Provider) -> dict[str, Any]:
         "require_request_uri_registration": False,
         "ui_locales_supported": list(UI_LOCALES),
         "claim_types_supported": ["normal"],
-        "acr_values_supported": ["urn:onegate:acr:pwd"],
+        "acr_values_supported": list(ACR_LEVELS),
         "authorization_response_iss_parameter_supported": True,  # RFC 9207
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,

@@ -129,3 +129,33 @@ async def test_list_is_newest_first(store: SessionStore, clock: Clock) -> None:
     clock.now += 10
     second, _ = await new(store)
     assert [s.sid for s in await store.list_for_user(7)] == [second, first]
+
+
+async def test_step_up_upgrades_in_place_with_a_new_cookie(store: SessionStore, clock: Clock) -> None:
+    session, cookie = await store.create(
+        user_id=7, username="zhangwei", amr=("pwd", "otp", "mfa"), acr="urn:onegate:acr:mfa"
+    )
+    await store.add_client(session.sid, "oa-portal")
+    clock.now += 600
+    upgraded = await store.upgrade(session.sid, ("hwk", "user"))
+    assert upgraded is not None
+    after, new_cookie = upgraded
+    # Same session (tokens and back-channel logout refer to its sid), stronger and fresh.
+    assert after.sid == session.sid and new_cookie.startswith(f"{session.sid}.")
+    assert after.amr == ("pwd", "otp", "hwk", "user", "mfa")
+    assert after.acr == "urn:onegate:acr:phr"
+    assert after.auth_time == clock.now and after.clients == ("oa-portal",)
+    assert after.expires_at == session.expires_at  # a step-up does not extend the absolute lifetime
+    # The cookie from before the step-up is worth nothing now; the new one works.
+    assert await store.from_cookie(cookie) is None
+    found = await store.from_cookie(new_cookie)
+    assert found is not None and found.acr == "urn:onegate:acr:phr"
+
+
+async def test_step_up_of_an_ended_session_is_refused(store: SessionStore, clock: Clock) -> None:
+    sid, _ = await new(store)
+    await store.revoke(sid)
+    assert await store.upgrade(sid, ("hwk",)) is None
+    sid, _ = await new(store)
+    clock.now += 1800  # idle timeout reached
+    assert await store.upgrade(sid, ("hwk",)) is None

@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from core.db import create_engine, migrate, session_factory
 from core.events import Event, RecordingEmitter
 from core.kv import MemoryKV
-from core.settings import IdpSettings
+from core.settings import IdpSettings, MfaSettings
 from core.web import create_web_app
 from idp.clients.services import ClientRegistry, RegisteredClient
 from idp.consents import ConsentStore
@@ -44,6 +44,7 @@ from idp.server import Provider
 from idp.sessions import SessionStore, SSOSession
 from idp.tokens import TokenService
 from keyvault import Keyvault, init_keyvault
+from mfa.services import MfaServices
 from onegate.runtime import MIGRATIONS
 
 ISSUER = "http://idp.test"
@@ -281,6 +282,16 @@ async def op(tmp_path: Any) -> AsyncIterator[OP]:
         signing=vault.signing,
         secrets=vault.secrets,
         events=events,
+        mfa=MfaServices.build(
+            MfaSettings(),
+            issuer=ISSUER,
+            db=db,
+            kv=kv,
+            envelope=vault.envelope,
+            hasher=PasswordHashing(time_cost=1, memory_cost_kib=64),
+            events=events,
+            clock=clock,
+        ),
         clock=clock,
         session_listeners=(backchannel,),
     )

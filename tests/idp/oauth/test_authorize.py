@@ -262,7 +262,8 @@ async def test_an_essential_acr_that_cannot_be_met_fails_the_authentication(op: 
     user, _ = await _setup(op)
     browser = op.browser()
     await op.sign_in(browser, user)
-    wanted = {"id_token": {"acr": {"essential": True, "values": ["urn:onegate:acr:mfa"]}}}
+    # Only classes this IdP does not know: no step-up can reach them (OIDC Core §5.5.1.1).
+    wanted = {"id_token": {"acr": {"essential": True, "values": ["urn:example:acr:gold"]}}}
     response = await op.authorize(browser, **_params(claims=json.dumps(wanted)))
     _redirected_error(response, "unmet_authentication_requirements")
     met = {"id_token": {"acr": {"essential": True, "values": ["urn:onegate:acr:pwd"]}}}
