@@ -1,8 +1,9 @@
 """The IdP's security events (ECS), one constructor per kind so emitters cannot drift.
 
 Actions (``event.action``): ``user-login`` (outcome success / failure with
-``onegate.reason``), ``user-locked``, ``user-logout``, ``session-revoked``, ``consent-granted``,
-``token-issued``, ``token-refreshed``, ``token-revoked``, ``refresh-token-reused``,
+``onegate.reason``), ``user-locked``, ``user-logout``, ``session-revoked``, ``session-step-up``
+(a session upgraded in place by a further factor: ``onegate.amr``, ``onegate.acr``),
+``consent-granted``, ``token-issued``, ``token-refreshed``, ``token-revoked``, ``refresh-token-reused``,
 ``code-reused``, ``ip-throttled``. Never pass a secret: the event model refuses fields that
 look like one.
 """
@@ -21,6 +22,7 @@ _CATEGORY = {
     "user-unlocked": Category.IAM,
     "user-logout": Category.SESSION,
     "session-revoked": Category.SESSION,
+    "session-step-up": Category.AUTHENTICATION,
     "backchannel-logout": Category.SESSION,
     "consent-granted": Category.IAM,
     "consent-revoked": Category.IAM,

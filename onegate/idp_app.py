@@ -23,6 +23,7 @@ from idp.pages import TEMPLATE_DIR as PAGES_TEMPLATES
 from idp.pending import PendingStore
 from idp.sessions import SessionStore
 from idp.tokens import TokenService
+from mfa.services import MfaServices
 from onegate.bootstrap import CSRF_KEY_NAME
 from onegate.runtime import Runtime
 
@@ -79,6 +80,15 @@ def build_idp_app(runtime: Runtime, *, issuer: str) -> IdpApp:
         signing=vault.signing,
         secrets=vault.secrets,
         events=runtime.bus,
+        mfa=MfaServices.build(
+            settings.mfa,
+            issuer=issuer,
+            db=runtime.sessions,
+            kv=kv,
+            envelope=vault.envelope,
+            hasher=runtime.directory.hashing,
+            events=runtime.bus,
+        ),
         trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
         session_listeners=(backchannel,),
     )

@@ -1,8 +1,11 @@
-"""The IdP's own pages: sign-in, consent, account and password change.
+"""The IdP's own pages: sign-in (password, second factor, passkey), consent, account, security
+(second factors) and password change.
 
 ``idp.pages.routes.routes(ctx)`` lists them; the assembly passes :data:`TEMPLATE_DIR` and
-:data:`LOCALE_DIR` to ``core.web.create_web_app``. One module per page (``login``,
-``consent``, ``account``, ``password``); this module holds the little they share: building
+:data:`LOCALE_DIR` to ``core.web.create_web_app``. One module per page (``login``, ``mfa``,
+``enrolment``, ``passkey``, ``consent``, ``account``, ``security``, ``password``), with what
+the MFA pages share in ``transactions``, ``subjects``, ``signin``, ``factors``, ``api`` and ``qr``;
+this module holds the little they all share: building
 same-site URLs (a page never redirects to a URL taken from the request, only to its own
 fixed paths plus the opaque id of a pending authorization request), the pending request's
 ``ui_locales``, the signed-in user, and rendering.
@@ -21,7 +24,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from core.web import negotiate_locale
+from core.web import ErrorCode, HTTPProblem, negotiate_locale
 from idp.context import IdpContext
 from idp.directory.models import User, UserStatus
 from idp.pending import PendingAuthorization
@@ -32,6 +35,7 @@ __all__ = [
     "ACR_PWD",
     "AMR_PWD",
     "LOCALE_DIR",
+    "STATIC_DIR",
     "TEMPLATE_DIR",
     "SignedIn",
     "adopt_ui_locales",
@@ -40,6 +44,7 @@ __all__ = [
     "localized_name",
     "page_url",
     "pending_request",
+    "problem",
     "redirect",
     "render",
     "signed_in",
@@ -48,6 +53,7 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
 LOCALE_DIR = HERE / "locale"
+STATIC_DIR = HERE / "static"  # the pages' own script and styles (served by idp.pages.routes)
 
 # What a password sign-in establishes (OIDC Core 1.0 §2: ``amr`` per RFC 8176 §2, "pwd");
 # a second factor raises both (mfa.levels).
@@ -86,6 +92,26 @@ def render(
     # Pages carry per-user data and form tokens: never store them in a shared cache.
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def problem(
+    request: Request,
+    code: ErrorCode,
+    *,
+    reason: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> HTTPProblem:
+    """An error page (or JSON for API clients) whose text is ``message``, an English message id
+    of this package's catalog, shown in Chinese or English as the request asks."""
+    chinese = request.app.state.catalogs.get("zh_CN")
+    return HTTPProblem(
+        code,
+        reason=reason,
+        message_zh=chinese.gettext(message),
+        message_en=message,
+        headers=headers,
+    )
 
 
 def form_field(form: FormData, name: str) -> str:

@@ -4,7 +4,13 @@ Optional ``?req=<id>`` names a pending authorization request (``idp.pending``): 
 shows the client's name, pre-fills the username from ``login_hint`` and speaks the request's
 ``ui_locales`` (OIDC Core 1.0 §3.1.2.1), and a successful sign-in continues at
 ``/authorize/resume?req=<id>``. Without it (or when it has expired) the user lands on
-``/account``. Those and ``/password`` are the only places this page ever redirects to.
+``/account``. Those, ``/password`` and ``/mfa`` are the only places this page ever redirects to.
+
+A user who has a second factor, or needs one (``idp.assurance.strongest`` of the pending
+request's class and ``IdpContext.mfa_requirement``), gets no SSO session for the password alone:
+a sign-in transaction (``idp.pages.transactions``) is kept instead and the browser goes to
+``/mfa?req=<id>``. The page also offers a passkey sign-in without a password (the
+``#passkey-signin`` button, ``idp.pages.passkey``).
 
 No enumeration (OWASP Authentication Cheat Sheet, "Authentication and Error Messages"): an
 unknown username, a wrong password, a disabled or locked account all get the same page —
@@ -25,9 +31,10 @@ from __future__ import annotations
 from enum import StrEnum
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from core.web import N_, ErrorCode, HTTPProblem
+from idp.assurance import strongest
 from idp.context import IdpContext
 from idp.directory.models import User, UserStatus
 from idp.events import auth_event
@@ -44,7 +51,10 @@ from idp.pages import (
     redirect,
     render,
 )
+from idp.pages.signin import next_url, start_session
+from idp.pages.transactions import TransactionStore
 from idp.pending import PendingAuthorization
+from mfa.levels import satisfies
 
 __all__ = ["FAILURE_MESSAGE", "LoginPage", "LoginReason"]
 
@@ -58,6 +68,12 @@ _USERNAME_MAX = 64  # users.username is String(64): anything longer cannot exist
 NOTICES = {
     "signed-out": N_("You have signed out."),
     "signed-out-everywhere": N_("You have signed out on every device."),
+    "mfa-expired": N_("The sign-in took too long or was already completed. Please sign in again."),
+    "mfa-locked": N_(
+        "Too many failed attempts: the account is locked for a while. Try again later or contact the "
+        "service desk."
+    ),
+    "mfa-refused": FAILURE_MESSAGE,
 }
 
 
@@ -69,14 +85,17 @@ class LoginReason(StrEnum):
     LOCKED = "locked"
     DISABLED = "disabled"
     THROTTLED = "throttled"
+    BAD_PASSKEY = "bad_passkey"
+    NO_USER_VERIFICATION = "no_user_verification"
 
 
 class LoginPage:
     """``GET`` / ``POST /login`` (see the module docstring)."""
 
-    def __init__(self, ctx: IdpContext, guard: LoginGuard) -> None:
+    def __init__(self, ctx: IdpContext, guard: LoginGuard, transactions: TransactionStore) -> None:
         self._ctx = ctx
         self._guard = guard
+        self._transactions = transactions
 
     async def show(self, request: Request) -> Response:
         req, pending = await pending_request(self._ctx, request)
@@ -134,38 +153,19 @@ class LoginPage:
             return self._form(request, req, pending, username=username[:_USERNAME_MAX], failed=True)
 
         await self._guard.record_success(ip=ip, user=user)
-        await ctx.directory.record_login(user.id)
-
-        previous = await ctx.current_session(request, touch=False)
-        if previous is not None:
-            await ctx.end_session(previous.sid, reason="replaced")
-        session, cookie = await ctx.sessions.create(
-            user_id=user.id,
-            username=user.username,
-            amr=AMR_PWD,
-            acr=ACR_PWD,
-            ip=ip,
-            user_agent=user_agent,
-        )
-        ctx.events.emit(
-            auth_event(
-                "user-login",
-                success=True,
-                username=user.username,
-                user_id=user.id,
-                source_ip=event_ip(ip),
-                client_id=pending.client_id if pending else None,
-                session_id=session.sid,
-                user_agent=user_agent,
-            )
-        )
         valid_req = pending.id if pending is not None else None
-        if user.must_change_password:
-            response = redirect(request, "/password", req=valid_req)
-        elif valid_req is not None:
-            response = redirect(request, "/authorize/resume", req=valid_req)
-        else:
-            response = redirect(request, "/account")
+        required = strongest(pending.acr if pending else None, await ctx.mfa_requirement(user))
+        if (await ctx.mfa.factors(user.id)).any or not satisfies(ACR_PWD, required):
+            # The password is not enough: a second factor is owed (or must be set up) first.
+            _, value = await self._transactions.begin(
+                user_id=user.id, methods=AMR_PWD, req=valid_req, ip=ip, user_agent=user_agent
+            )
+            response = redirect(request, "/mfa", req=valid_req)
+            self._transactions.set_cookie(response, value)
+            return response
+
+        _, cookie = await start_session(ctx, request, user, amr=AMR_PWD, pending=pending)
+        response = RedirectResponse(next_url(request, user, pending), status_code=303)
         ctx.set_session_cookie(response, cookie)
         return response
 
@@ -190,6 +190,10 @@ class LoginPage:
             "failure_message": FAILURE_MESSAGE,
             "notice": notice,
             "username": username,
+            "passkey_options": page_url(
+                request, "/login/passkey/options", req=pending.id if pending else None
+            ),
+            "passkey_verify": page_url(request, "/login/passkey/verify", req=pending.id if pending else None),
         }
         return render(request, "login.html", context)
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pyotp
 import pytest
 from sqlalchemy import select, update
 from starlette.applications import Starlette
@@ -23,7 +24,7 @@ from starlette.applications import Starlette
 from core.db import create_engine, migrate, session_factory
 from core.events import Event, RecordingEmitter
 from core.kv import MemoryKV
-from core.settings import IdpSettings
+from core.settings import IdpSettings, MfaSettings
 from core.web import create_web_app
 from idp.clients.models import AuthMethod, Client, ClientType
 from idp.context import IdpContext
@@ -36,10 +37,11 @@ from idp.pages.routes import routes
 from idp.pending import PendingAuthorization, PendingStore
 from idp.sessions import SessionStore, SSOSession
 from keyvault import init_keyvault
+from mfa.services import MfaServices
 from onegate.runtime import MIGRATIONS
 
 PASSWORD = "correct horse battery staple"
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_CSRF = re.compile(r'(?:name="csrf_token" value|data-csrf)="([^"]+)"')
 
 
 class Clock:
@@ -149,6 +151,7 @@ class Idp:
         scopes: tuple[str, ...] = ("openid", "profile"),
         login_hint: str | None = None,
         ui_locales: str | None = None,
+        acr: str | None = None,
     ) -> PendingAuthorization:
         pending = PendingAuthorization(
             id=self.ctx.pending.new_id(),
@@ -163,16 +166,33 @@ class Idp:
             acr_values=(),
             ui_locales=ui_locales,
             created_at=self.clock(),
+            acr=acr,
         )
         await self.ctx.pending.put(pending)
         return pending
+
+    async def enrol_totp(self, username: str = "zhangwei", name: str = "手机") -> str:
+        """Bind an authenticator app to the user through the service (its enrolment code uses the
+        current time step, so the clock moves on one step); the base32 secret."""
+        user = await self.user(username)
+        enrolment = await self.ctx.mfa.totp.begin_enrolment(user.id, user.username)
+        assert await self.ctx.mfa.totp.confirm_enrolment(
+            user.id, self.code(enrolment.secret_base32), name=name
+        )
+        self.clock.advance(30)
+        return enrolment.secret_base32
+
+    def code(self, secret: str, *, steps: int = 0) -> str:
+        """The TOTP code of ``secret`` now, or ``steps`` time steps away (RFC 6238, 30 s)."""
+        return str(pyotp.TOTP(secret).at(self.clock.now + 30 * steps))
 
     def events_of(self, action: str) -> list[Event]:
         return [event for event in self.events.events if event.action == action]
 
 
 async def csrf_token(client: httpx.AsyncClient, path: str = "/login") -> str:
-    """The CSRF token of the form on ``path`` (the GET also sets the CSRF cookie)."""
+    """The CSRF token of a form (or of the script's ``data-csrf``) on ``path`` (the GET also sets
+    the CSRF cookie)."""
     page = await client.get(path)
     match = _CSRF.search(page.text)
     assert match is not None, f"no CSRF field on {path}: {page.status_code} {page.text[:300]}"
@@ -196,19 +216,38 @@ async def post_form(browser: httpx.AsyncClient, page: str, action: str, /, **dat
     return await browser.post(action, data={"csrf_token": await csrf_token(browser, page), **data})
 
 
+async def post_json(
+    browser: httpx.AsyncClient, page: str, action: str, body: dict[str, Any] | None = None
+) -> httpx.Response:
+    """What the pages' script does: POST JSON to ``action`` with ``page``'s CSRF token in the
+    ``X-CSRF-Token`` header."""
+    token = await csrf_token(browser, page)
+    return await browser.post(
+        action,
+        json=body or {},
+        headers={"x-csrf-token": token, "accept": "application/json", "origin": str(browser.base_url)},
+    )
+
+
+def cookie_of(browser: httpx.AsyncClient, name: str) -> str | None:
+    """The value of one of the browser's cookies (None when it has none)."""
+    return browser.cookies.get(name)
+
+
 IdpFactory = Callable[..., Awaitable[Idp]]
 
 
 @pytest.fixture
 async def make_idp(tmp_path: Any) -> AsyncIterator[IdpFactory]:
-    """Build an Idp; keyword arguments override IdpSettings; ``https=True`` for the https case."""
+    """Build an Idp; keyword arguments override IdpSettings; ``https=True`` for the https case;
+    ``mfa_settings`` replaces the default MfaSettings."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'idp.db'}")
     await migrate(engine, MIGRATIONS)
     db = session_factory(engine)
     vault = init_keyvault(tmp_path / "data", prepublish_seconds=0, retire_after_seconds=3600, environ={})
     built: list[Idp] = []
 
-    async def build(*, https: bool = False, **overrides: Any) -> Idp:
+    async def build(*, https: bool = False, mfa_settings: MfaSettings | None = None, **overrides: Any) -> Idp:
         clock = Clock()
         settings = IdpSettings(
             **{
@@ -252,6 +291,16 @@ async def make_idp(tmp_path: Any) -> AsyncIterator[IdpFactory]:
             signing=vault.signing,
             secrets=vault.secrets,
             events=events,
+            mfa=MfaServices.build(
+                mfa_settings or MfaSettings(),
+                issuer="https://idp.example.test" if https else "http://idp.example.test",
+                db=db,
+                kv=kv,
+                envelope=vault.envelope,
+                hasher=passwords,
+                events=events,
+                clock=clock,
+            ),
             clock=clock,
             session_listeners=(listener,),
         )
