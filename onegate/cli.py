@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -22,6 +22,7 @@ from keyvault import (
     master_key_path,
     rotate_master_key,
 )
+from mfa.totp import TotpService
 from onegate import __version__
 from onegate.cli_clients import app as clients_app
 from onegate.cli_common import (
@@ -33,9 +34,13 @@ from onegate.cli_common import (
     fail,
     run,
     settings_from,
+    with_runtime,
 )
 from onegate.cli_users import app as users_app
-from onegate.runtime import open_vault
+from onegate.runtime import Runtime, open_vault
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 T = TypeVar("T")
 
@@ -201,7 +206,9 @@ def keys_rotate_master(data_dir: DataDir = None, config: ConfigFile = None, as_j
         new_id = rotate_master_key(master_key_path(settings.data_dir))
         return {"active_master_key": new_id, "rewrapped": open_vault(settings).rewrap()}
 
-    _report_rewrap(_vault_call(rotate), as_json)
+    result = _vault_call(rotate)
+    result["rewrapped"].update(_rewrap_database(settings))
+    _report_rewrap(result, as_json)
 
 
 @keys_app.command("rewrap")
@@ -213,7 +220,19 @@ def keys_rewrap(data_dir: DataDir = None, config: ConfigFile = None, as_json: Js
         vault = open_vault(settings)
         return {"active_master_key": vault.keyring.active_id, "rewrapped": vault.rewrap()}
 
-    _report_rewrap(_vault_call(rewrap), as_json)
+    result = _vault_call(rewrap)
+    result["rewrapped"].update(_rewrap_database(settings))
+    _report_rewrap(result, as_json)
+
+
+def _rewrap_database(settings: Settings) -> dict[str, int]:
+    """Re-wrap the encrypted records other components keep in the database (TOTP seeds)."""
+
+    async def work(runtime: Runtime) -> dict[str, int]:
+        totp = TotpService(runtime.sessions, runtime.vault.envelope, runtime.kv)
+        return {"totp_seeds": await totp.rewrap()}
+
+    return with_runtime(settings, work, errors=(KeyvaultError,))
 
 
 def _report_rewrap(result: dict[str, Any], as_json: bool) -> None:

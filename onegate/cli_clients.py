@@ -103,6 +103,14 @@ RefreshTokenLifetime = Annotated[
     int | None, typer.Option("--refresh-token-lifetime", help="Seconds (300-2592000).")
 ]
 Description = Annotated[str | None, typer.Option("--description", help="A note for administrators.")]
+MinimumAcr = Annotated[
+    str | None,
+    typer.Option(
+        "--minimum-acr",
+        help="Weakest sign-in the application accepts: urn:onegate:acr:pwd, urn:onegate:acr:mfa "
+        '(a second factor) or urn:onegate:acr:phr (a passkey / security key); "" clears it.',
+    ),
+]
 
 
 # -- plumbing ---------------------------------------------------------------------------------------
@@ -169,6 +177,7 @@ def add(
         typer.Option("--first-party", help="Run by the city itself: no consent page."),
     ] = False,
     backchannel_logout_uri: BackchannelUri = None,
+    minimum_acr: MinimumAcr = None,
     jwks_file: JwksFile = None,
     jwks_uri: JwksUri = None,
     client_id: Annotated[
@@ -198,6 +207,7 @@ def add(
             grant_types=grant_type or DEFAULT_GRANT_TYPES,
             scopes=scope or DEFAULT_SCOPES,
             first_party=first_party,
+            minimum_acr=minimum_acr or None,
             backchannel_logout_uri=backchannel_logout_uri,
             jwks=jwks,
             jwks_uri=jwks_uri,
@@ -289,6 +299,7 @@ def update(
         bool | None, typer.Option("--pkce/--no-pkce", help="Require PKCE (always on for public clients).")
     ] = None,
     backchannel_logout_uri: BackchannelUri = None,
+    minimum_acr: MinimumAcr = None,
     jwks_file: JwksFile = None,
     jwks_uri: JwksUri = None,
     id_token_lifetime: IdTokenLifetime = None,
@@ -309,6 +320,7 @@ def update(
         ("backchannel_logout_uri", backchannel_logout_uri),
         ("jwks_uri", jwks_uri),
         ("description", description),
+        ("minimum_acr", minimum_acr),
     ):
         if text is not None:
             changes[key] = text or None

@@ -54,6 +54,7 @@ from onegate.cli_common import (
     table,
     with_runtime,
 )
+from onegate.cli_mfa import app as mfa_app
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -62,12 +63,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Users: add, list, lock, unlock, disable, reset passwords, import CSV.", no_args_is_help=True
+    help="Users: add, list, lock, unlock, disable, reset passwords, import CSV, second factors.",
+    no_args_is_help=True,
 )
 groups_app = typer.Typer(help="Groups: list, add, members, add-member, remove-member.", no_args_is_help=True)
 departments_app = typer.Typer(help="Departments (a tree): list, add.", no_args_is_help=True)
 app.add_typer(groups_app, name="groups")
 app.add_typer(departments_app, name="departments")
+app.add_typer(mfa_app, name="mfa")
 
 # The same options as onegate/cli.py (which imports this module, so they cannot come from there).
 Username = Annotated[str, typer.Argument(help="The user name (3-64 characters a-z 0-9 . _ -).")]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
+from mfa.totp import TotpService
 from onegate.apps import build_app
 from onegate.bootstrap import initialise
 from onegate.demo_data import seed_demo
@@ -58,7 +59,15 @@ async def run_demo(settings: Settings) -> None:
     demo_file.unlink(missing_ok=True)  # a reader must never see the previous run's port
     result = await initialise(settings)
     runtime = await open_runtime(settings)
-    users = await seed_demo(runtime.directory, settings.data_dir)
+    totp = TotpService(
+        runtime.sessions,
+        runtime.vault.envelope,
+        runtime.kv,
+        issuer_name=settings.mfa.totp_issuer,
+        max_failures=settings.mfa.totp_max_failures,
+        failure_window=settings.mfa.totp_failure_window,
+    )
+    users = await seed_demo(runtime.directory, settings.data_dir, totp=totp)
     sock = bind(settings.server.host, settings.server.port)
     port = sock.getsockname()[1]
     urls = demo_urls(port)
@@ -76,6 +85,8 @@ async def run_demo(settings: Settings) -> None:
             )
         for user in users:
             print(f"  {user['username']:<9} {user['password']}  {user['display_name']}", flush=True)
+            if "totp_secret" in user:
+                print(f"  {'':<9} TOTP key / 动态口令密钥: {user['totp_secret']}", flush=True)
         print(f"  (written to {demo_file}; Ctrl-C stops)", flush=True)
 
     try:

@@ -195,13 +195,68 @@ def test_rotate_master_rewraps_and_everything_still_opens(onegate: Run, data_dir
     new_active, ids = _master_key_ids(data_dir)
     assert report["active_master_key"] == new_active != old_active
     assert ids == [old_active, new_active]  # the old key stays for records not yet re-wrapped
-    assert report["rewrapped"] == {"signing_keys": 2, "secrets": 1}  # the CSRF key is a named secret
+    # The CSRF key is a named secret; no user has an authenticator app yet.
+    assert report["rewrapped"] == {"signing_keys": 2, "secrets": 1, "totp_seeds": 0}
     assert _wrapped_under(data_dir) == {new_active}
     # Every private key still decrypts: listing and signing work with the new master key.
     after = json.loads(onegate("keys", "list", "--data-dir", str(data_dir), "--json").stdout)
     assert after == before
     again = json.loads(onegate("keys", "rewrap", "--data-dir", str(data_dir), "--json").stdout)
-    assert again["rewrapped"] == {"signing_keys": 0, "secrets": 0}
+    assert again["rewrapped"] == {"signing_keys": 0, "secrets": 0, "totp_seeds": 0}
+
+
+def test_rotate_master_rewraps_totp_seeds_in_the_database(onegate: Run, data_dir: Path) -> None:
+    import asyncio
+    from time import time
+
+    import pyotp
+
+    from core.settings import load_settings
+    from mfa.totp import TotpService
+    from onegate.runtime import open_runtime
+
+    assert onegate("init", "--data-dir", str(data_dir)).returncode == 0
+    assert onegate("user", "add", "zhangwei", "--name", "张伟", "--data-dir", str(data_dir)).returncode == 0
+    settings = load_settings(overrides={"data_dir": data_dir})
+    old_active, _ = _master_key_ids(data_dir)
+
+    async def enrol() -> tuple[int, str]:
+        runtime = await open_runtime(settings)
+        try:
+            user = await runtime.directory.get_user("zhangwei")
+            assert user is not None
+            totp = TotpService(runtime.sessions, runtime.vault.envelope, runtime.kv)
+            enrolment = await totp.begin_enrolment(user.id, "zhangwei")
+            assert await totp.confirm_enrolment(user.id, pyotp.TOTP(enrolment.secret_base32).now())
+            return user.id, enrolment.secret_base32
+        finally:
+            await runtime.close()
+
+    user_id, secret = asyncio.run(enrol())
+    result = onegate("keys", "rotate-master", "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rewrapped"]["totp_seeds"] == 1
+
+    async def seed_blobs_and_a_verification() -> tuple[set[str], bool]:
+        from sqlalchemy import select
+
+        from mfa.models import TotpCredential
+
+        runtime = await open_runtime(settings)
+        try:
+            async with runtime.sessions() as s:
+                blobs = (await s.execute(select(TotpCredential.secret_enc))).scalars().all()
+            # The seed still decrypts under the new master key: a code for the next step verifies.
+            later = time() + 30
+            totp = TotpService(runtime.sessions, runtime.vault.envelope, runtime.kv, clock=lambda: later)
+            ok = (await totp.verify(user_id, pyotp.TOTP(secret).at(later))).ok
+            return {bytes(b)[2:6].hex() for b in blobs}, ok
+        finally:
+            await runtime.close()
+
+    under, verified = asyncio.run(seed_blobs_and_a_verification())
+    new_active, _ = _master_key_ids(data_dir)
+    assert under == {new_active} != {old_active} and verified
 
 
 def test_rotate_master_refuses_an_environment_key(onegate: Run, data_dir: Path) -> None:

@@ -77,6 +77,11 @@ def test_demo_serves_health_at_the_written_url(demo: tuple[Server, dict[str, obj
     users = {u["username"]: u for u in info["users"]}  # type: ignore[attr-defined]
     assert users["zhangwei"]["display_name"] == "张伟"
     assert "hr-staff" in users["zhangwei"]["groups"] and users["zhangwei"]["password"]
+    # 张伟 signs in with password + TOTP: his authenticator key is enrolled and written down.
+    zhang = users["zhangwei"]
+    assert len(zhang["totp_secret"]) == 32 and zhang["totp_uri"].startswith("otpauth://totp/")
+    assert f"secret={zhang['totp_secret']}" in zhang["totp_uri"]
+    assert "totp_secret" not in users["wangfang"]  # she sets up her passkey at first sign-in
 
 
 def test_demo_routes_roles_by_host_name(demo: tuple[Server, dict[str, object]]) -> None:
