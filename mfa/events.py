@@ -4,9 +4,9 @@ Actions (``event.action``): ``mfa-enrolled``, ``mfa-verified``, ``mfa-failed``
 (``onegate.reason`` invalid / rate_limited, or a WebAuthn reason), ``mfa-replayed``,
 ``mfa-clone-suspected`` (a WebAuthn signature counter did not increase), ``recovery-code-used``
 (success, with ``onegate.mfa.remaining``; failure), ``recovery-codes-generated``,
-``mfa-removed`` and ``mfa-reset``. Dataset ``onegate.mfa``. Events never carry a code or a
-seed (and note that the event model refuses field *names* containing "otp": the method is
-given as the *value* of ``onegate.mfa.method``).
+``recovery-codes-removed``, ``mfa-removed``, ``mfa-renamed`` and ``mfa-reset``. Dataset
+``onegate.mfa``. Events never carry a code or a seed (and note that the event model refuses
+field *names* containing "otp": the method is given as the *value* of ``onegate.mfa.method``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _CATEGORY = {
     "recovery-code-used": Category.AUTHENTICATION,
     "recovery-codes-generated": Category.IAM,
     "mfa-removed": Category.IAM,
+    "mfa-renamed": Category.IAM,
+    "recovery-codes-removed": Category.IAM,
     "mfa-reset": Category.IAM,
 }
 

@@ -191,8 +191,12 @@ class RecoveryCodes:
         )
         return RecoveryResult(ok=True, remaining=left, code_id=code_id)
 
-    async def remove_all(self, user_id: int) -> int:
-        """Delete the user's codes (admin MFA reset); the number removed."""
+    async def remove_all(self, user_id: int, *, emit: bool = True) -> int:
+        """Delete the user's codes; the number removed. Emits ``recovery-codes-removed`` when
+        there were some (``emit=False`` when the caller reports it: ``MfaServices.reset``)."""
         async with self._db() as s, s.begin():
             done = await s.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
-        return int(done.rowcount)
+        count = int(done.rowcount)
+        if emit and count:
+            self._emit("recovery-codes-removed", success=True, user_id=user_id, onegate__mfa__removed=count)
+        return count

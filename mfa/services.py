@@ -125,7 +125,7 @@ class MfaServices:
         removed = Factors(
             totp=await self.totp.remove_all(user_id, emit=False),
             webauthn=await self.webauthn.remove_all(user_id, emit=False),
-            recovery_left=await self.recovery.remove_all(user_id),
+            recovery_left=await self.recovery.remove_all(user_id, emit=False),
         )
         if self.events is not None:
             extra: dict[str, Any] = {

@@ -448,7 +448,10 @@ class TotpService:
                 .values(name=_clean_name(name))
                 .execution_options(synchronize_session=False)
             )
-        return bool(done.rowcount)
+        renamed = bool(done.rowcount)
+        if renamed:
+            self._emit("mfa-renamed", success=True, user_id=user_id, credential_id=credential_id)
+        return renamed
 
     async def remove(self, user_id: int, credential_id: int) -> bool:
         """Remove one of the user's credentials; False when there is no such credential of theirs.

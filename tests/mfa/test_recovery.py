@@ -159,7 +159,9 @@ async def test_malformed_input_fails_without_exception(
     assert hasher.verifications == before  # refused before any hashing work
 
 
-async def test_codes_belong_to_their_user(codes: RecoveryCodes, users: dict[str, int]) -> None:
+async def test_codes_belong_to_their_user(
+    codes: RecoveryCodes, users: dict[str, int], events: RecordingEmitter
+) -> None:
     zhang, wang = users["zhangwei"], users["wangfang"]
     zhang_codes = await codes.generate(zhang)
     await codes.generate(wang)
@@ -168,6 +170,10 @@ async def test_codes_belong_to_their_user(codes: RecoveryCodes, users: dict[str,
     assert await codes.remaining(zhang) == 10
     assert await codes.remove_all(zhang) == 10
     assert await codes.remaining(zhang) == 0 and await codes.remaining(wang) == 10
+    removed = events.events[-1]
+    assert removed.action == "recovery-codes-removed" and removed.get("onegate.mfa.removed") == 10
+    assert await codes.remove_all(zhang) == 0
+    assert events.events[-1] is removed  # nothing to remove, nothing to report
 
 
 async def test_a_user_without_codes_does_the_same_work(

@@ -358,7 +358,11 @@ async def test_list_rename_remove_and_reset(
 
     assert await service.rename(zhang, first.id, "  工作手机\u202e ") is True
     assert (await service.list(zhang))[0].name == "工作手机"
+    renamed = events.events[-1]
+    assert renamed.action == "mfa-renamed" and renamed.get("onegate.mfa.credential_id") == str(first.id)
+    assert "工作手机" not in str(renamed.flat())  # the label is the user's own text: not in events
     assert await service.rename(zhang, wang_cred.id, "mine now") is False  # not theirs
+    assert events.events[-1] is renamed  # nothing emitted for a refused rename
 
     assert await service.remove(zhang, wang_cred.id) is False
     assert await service.remove(zhang, first.id) is True

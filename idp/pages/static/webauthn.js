@@ -113,6 +113,11 @@
     });
     var onward = section.querySelector("#continue");
     if (onward) { onward.setAttribute("href", next); }
+    // The codes are all that matters now: the rest of the page describes the state before the
+    // passkey was added (and its forms would act on it), so it steps aside until "continue".
+    Array.prototype.forEach.call(section.parentElement.children, function (element) {
+      if (element !== section && element.tagName !== "H1") { element.hidden = true; }
+    });
     section.hidden = false;
     section.focus();
     return true;

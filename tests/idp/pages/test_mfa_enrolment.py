@@ -122,3 +122,25 @@ async def test_phishing_resistant_without_a_passkey_proves_a_code_then_sets_one_
     assert len(answer.json()["recovery_codes"]) == 10  # the app was bound without codes: a first set
     [session] = await idp.ctx.sessions.list_for_user(user.id)
     assert session.acr == ACR_PHR and {"pwd", "otp", "hwk", "mfa"} <= set(session.amr)
+
+
+async def test_a_step_up_that_needs_a_passkey_first_sets_one_up_and_can_be_declined(idp: Idp) -> None:
+    """Signed in with password + code; an application asks for phishing-resistant, and the user has
+    no passkey: the setup page says who asks, offers only a passkey, and a way back (no cancel of
+    the sign-in: the user stays signed in)."""
+    await idp.add_user()
+    secret = await idp.enrol_totp()
+    browser = idp.client()
+    await sign_in(browser)
+    idp.clock.advance(30)
+    done = await post_form(browser, "/mfa", "/mfa/totp", code=idp.code(secret))
+    assert done.status_code == 303 and done.headers["location"] == "/account"
+    pending = await idp.pending(await idp.add_client(), acr=ACR_PHR)
+    query = f"?req={pending.id}"
+
+    onward = await browser.get(f"/mfa{query}")
+    assert onward.status_code == 303 and onward.headers["location"] == f"/mfa/setup{query}"
+    setup = await browser.get(onward.headers["location"])
+    assert "需要更高强度的身份验证" in setup.text and "登录后继续访问" not in setup.text
+    assert 'id="add-passkey"' in setup.text and 'id="add-totp"' not in setup.text
+    assert 'id="not-now"' in setup.text and "/mfa/cancel" not in setup.text
