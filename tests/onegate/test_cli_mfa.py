@@ -132,3 +132,14 @@ def test_reset_removes_every_factor_and_ends_the_sessions(
             await kv.close()
 
     assert asyncio.run(session_gone())
+
+
+def test_administrators_need_a_second_factor_from_the_start(onegate: Run, data_dir: Path) -> None:
+    d = str(data_dir)
+    _ok(onegate("init", "--data-dir", d))
+    status = _status(onegate, data_dir, "admin")
+    assert status["required"] is True and status["required_by"] == ["group"]
+    # An operator's decision stands: init again does not put the requirement back.
+    _ok(onegate("user", "mfa", "group", "sys-admins", "--off", "--data-dir", d))
+    _ok(onegate("init", "--data-dir", d))
+    assert _status(onegate, data_dir, "admin")["required"] is False
