@@ -192,6 +192,12 @@ class MfaSettings(_Section):
     webauthn_challenge_ttl: int = Field(
         300, ge=30, le=900, description="Seconds a WebAuthn challenge stays usable (once)."
     )
+    reauth_max_age: int = Field(
+        900,
+        ge=60,
+        le=86400,
+        description="Changing one's second factors needs one proved within this many seconds.",
+    )
 
 
 class LogSettings(_Section):

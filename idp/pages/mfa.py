@@ -89,7 +89,11 @@ class SecondFactorPage:
             return await subjects.refuse(request, subject, admission, json=False)
         factors = await subjects.factors(subject)
         target = await subjects.target(subject, factors)
-        if subject.transaction is None and satisfies(subject.acr, target):
+        if (
+            subject.transaction is None
+            and satisfies(subject.acr, target)
+            and not subjects.needs_recent_proof(subject, factors)
+        ):
             # The session already reaches what is asked: nothing to prove.
             url = next_url(request, subject.user, subject.pending, then=subject.then)
             return RedirectResponse(url, status_code=303)

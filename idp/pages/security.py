@@ -3,9 +3,11 @@
 A signed-in user lists their authenticator apps and passkeys (name, when added, last used),
 adds, renames and removes them, and sees and regenerates their recovery codes. A user who
 already has a second factor must have proved one in this session (class ``mfa`` or better,
-``mfa.levels``) before anything here is shown or changed — a stolen password or a session left
-open after a password-only sign-in must not be enough to swap the factors; otherwise the page
-sends them through ``/mfa?then=security`` first (a step-up in place).
+``mfa.levels``), within the last ``mfa.reauth_max_age`` seconds (15 minutes by default), before
+anything here is shown or changed — a stolen password, a session left open after a password-only
+sign-in or a browser left signed in for hours must not be enough to swap the factors; otherwise
+the page sends them through ``/mfa?then=security`` first (a step-up in place, which renews
+``auth_time``).
 
 Forms (``POST``, CSRF token): ``/account/security/totp`` (confirm a new app, after ``GET`` of the
 same path showed its QR code), ``/account/security/rename`` (``factor``, ``name``),
@@ -47,7 +49,7 @@ from idp.pages.factors import (
     totp_page,
 )
 from idp.pages.signin import THEN_SECURITY
-from idp.pages.subjects import Subjects
+from idp.pages.subjects import Subjects, stale
 from mfa.events import mfa_event
 from mfa.levels import ACR_MFA, AMR_OTP, satisfies
 from mfa.services import Factors
@@ -95,7 +97,7 @@ class SecurityPage:
         if me.user.must_change_password and not json:
             return redirect(request, "/password")
         factors = await self._ctx.mfa.factors(me.user.id)
-        if factors.any and not satisfies(me.session.acr, ACR_MFA):
+        if factors.any and (not satisfies(me.session.acr, ACR_MFA) or stale(self._ctx, me.session)):
             if json:
                 return json_failure(request, ApiReason.STEP_UP_REQUIRED, status_code=403)
             return redirect(request, "/mfa", then=THEN_SECURITY)

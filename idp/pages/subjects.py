@@ -50,12 +50,17 @@ from idp.sessions import SSOSession
 from mfa.levels import ACR_MFA, ACR_PHR, acr_for, combine, satisfies
 from mfa.services import Factors
 
-__all__ = ["LOCKED_MESSAGE", "Admission", "Offer", "Refusal", "Step", "Subject", "Subjects"]
+__all__ = ["LOCKED_MESSAGE", "Admission", "Offer", "Refusal", "Step", "Subject", "Subjects", "stale"]
 
 LOCKED_MESSAGE = N_(
     "Too many failed attempts: the account is locked for a while. Try again later or contact the "
     "service desk."
 )
+
+
+def stale(ctx: IdpContext, session: SSOSession) -> bool:
+    """Whether the session's last authentication is older than ``mfa.reauth_max_age``."""
+    return ctx.clock() - session.auth_time > ctx.mfa.settings.reauth_max_age
 
 
 class Refusal(StrEnum):
@@ -177,6 +182,17 @@ class Subjects:
         )
         owes_second = subject.transaction is not None or (subject.then == THEN_SECURITY and factors.any)
         return strongest(required, ACR_MFA if owes_second else None)
+
+    def needs_recent_proof(self, subject: Subject, factors: Factors) -> bool:
+        """Whether a session headed for the security page must prove a factor again first: its
+        last proof is older than ``mfa.reauth_max_age`` (a session cookie left in a browser for
+        hours must not be enough to replace the factors)."""
+        return (
+            subject.then == THEN_SECURITY
+            and subject.session is not None
+            and factors.any
+            and stale(self._ctx, subject.session)
+        )
 
     @staticmethod
     def offer(subject: Subject, factors: Factors, target: str | None) -> Offer:

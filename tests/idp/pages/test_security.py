@@ -163,3 +163,28 @@ async def test_the_account_page_links_to_the_security_page(idp: Idp) -> None:
     nothing = await post_form(browser, "/account/security", "/account/security/recovery")
     assert nothing.status_code == 400 and "请先设置身份验证器应用或通行密钥" in nothing.text
     assert cookie_of(browser, "onegate_sso") is not None
+
+
+async def test_changing_factors_needs_a_recent_proof(idp: Idp) -> None:
+    """A browser left signed in for hours cannot swap the factors: after mfa.reauth_max_age (15
+    minutes) the security page asks for a factor again, and the proof renews auth_time."""
+    user = await idp.add_user()
+    secret = await idp.enrol_totp()
+    browser = await signed_in_with_code(idp, secret)
+    assert (await browser.get("/account/security")).status_code == 200
+    idp.clock.advance(14 * 60)
+    assert (await browser.get("/account/security")).status_code == 200  # still recent
+    idp.clock.advance(2 * 60)  # 16 minutes after the sign-in; the session itself is alive
+    gate = await browser.get("/account/security")
+    assert gate.status_code == 303 and gate.headers["location"] == "/mfa?then=security"
+    refused = await post_json(browser, "/account", "/account/security/passkeys/options")
+    assert refused.status_code == 403 and refused.json()["reason"] == "step_up_required"
+    page = await browser.get("/mfa?then=security")
+    assert page.status_code == 200 and 'id="totp-code"' in page.text  # not waved through
+
+    [before] = await idp.ctx.sessions.list_for_user(user.id)
+    done = await post_form(browser, "/mfa?then=security", "/mfa/totp?then=security", code=idp.code(secret))
+    assert done.status_code == 303 and done.headers["location"] == "/account/security"
+    [after] = await idp.ctx.sessions.list_for_user(user.id)
+    assert after.sid == before.sid and after.auth_time == idp.clock.now > before.auth_time
+    assert (await browser.get("/account/security")).status_code == 200
