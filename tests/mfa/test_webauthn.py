@@ -1023,6 +1023,9 @@ async def test_rename_remove_and_reset(
     assert (await service.list(zhang))[1].name == "x" * 64
     assert await service.rename(zhang, ids[2], "\x00")
     assert (await service.list(zhang))[2].name == "通行密钥"
+    assert [e.action for e in events.events] == ["mfa-renamed"] * 3
+    assert [e.get("onegate.mfa.credential_id") for e in events.events] == [str(i) for i in ids]
+    events.events.clear()
     assert not await service.rename(zhang, theirs.credential_id, "mine now")
     assert not await service.remove(zhang, theirs.credential_id)
     assert not await service.remove(zhang, 10**9)
