@@ -164,6 +164,9 @@ async def add_passkey(
         items = page.locator("#recovery-codes li")
         await expect(items).to_have_count(10)
         codes = [text.strip() for text in await items.all_text_contents()]
+        # The codes stand alone: the page's description of the state before the passkey steps aside.
+        await expect(page.locator("label[for=passkey-name]")).to_be_hidden()
+        await expect(page.locator("#add-totp")).to_be_hidden()
         if screenshots is not None:
             await screenshots.take(page, "passkey-added-recovery-codes")
         await page.locator("#recovery-section #continue").click()
