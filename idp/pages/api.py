@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +29,7 @@ from core.web import N_
 __all__ = [
     "MAX_JSON_BYTES",
     "ApiReason",
+    "CeremonyAnswer",
     "CeremonyCookie",
     "json_failure",
     "json_success",
@@ -154,6 +156,16 @@ async def read_json(request: Request) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class CeremonyAnswer:
+    """The browser's answer to a WebAuthn ceremony: the ceremony it answers (from the cookie), its
+    ``PublicKeyCredential`` JSON, and the whole body (a registration also carries ``name``)."""
+
+    ceremony_id: str
+    credential: dict[str, Any]
+    body: dict[str, Any]
+
+
 class CeremonyCookie:
     """The HttpOnly cookie that carries a WebAuthn ceremony id from options to verify."""
 
@@ -179,6 +191,18 @@ class CeremonyCookie:
     def read(self, request: Request) -> str | None:
         value = request.cookies.get(self.name, "")
         return value if 0 < len(value) <= _CEREMONY_ID_MAX else None
+
+    async def answer(self, request: Request) -> CeremonyAnswer | Response:
+        """The answer posted to a ``/verify`` endpoint, or the JSON refusal to send: ``bad_request``
+        without a ``credential`` object, ``challenge`` without a ceremony cookie."""
+        body = await read_json(request)
+        credential = body.get("credential") if body is not None else None
+        if body is None or not isinstance(credential, dict):
+            return json_failure(request, ApiReason.BAD_REQUEST)
+        ceremony_id = self.read(request)
+        if ceremony_id is None:
+            return json_failure(request, ApiReason.CHALLENGE)
+        return CeremonyAnswer(ceremony_id, credential, body)
 
     def clear(self, response: Response) -> None:
         response.delete_cookie(self.name, path="/", secure=self._https, httponly=True, samesite="strict")

@@ -149,12 +149,9 @@ class EnrolmentPage:
 
     async def _json_gate(self, request: Request) -> Subject | Response:
         subjects = self._subjects
-        subject = await subjects.find(request)
-        if subject is None:
-            return json_failure(request, ApiReason.SIGN_IN_EXPIRED, status_code=401)
-        admission = await subjects.admit(request, subject, attempt=False)
-        if not admission.allowed:
-            return await subjects.refuse(request, subject, admission, json=True)
+        subject = await subjects.find_admitted(request)
+        if isinstance(subject, Response):
+            return subject
         factors = await subjects.factors(subject)
         if not subjects.may_enrol(subject, factors):
             return json_failure(request, ApiReason.STEP_UP_REQUIRED, status_code=403)

@@ -21,7 +21,7 @@ from core.web import N_
 from idp.context import IdpContext
 from idp.directory.models import User
 from idp.pages import render
-from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success, read_json, translate
+from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success, translate
 from idp.pages.qr import qr_data_uri
 from mfa.webauthn import RegistrationResult
 
@@ -164,15 +164,13 @@ async def finish_registration(
 ) -> RegistrationResult | Response:
     """Check the browser's answer (``{"credential": ..., "name": ...}``): the result, or the JSON
     refusal to send as it is."""
-    body = await read_json(request)
-    credential = body.get("credential") if body is not None else None
-    if body is None or not isinstance(credential, dict):
-        return json_failure(request, ApiReason.BAD_REQUEST)
-    ceremony_id = ceremonies.read(request)
-    if ceremony_id is None:
-        return json_failure(request, ApiReason.CHALLENGE)
-    name = clean_name(request, body.get("name"), DEFAULT_PASSKEY_NAME)
-    result = await ctx.mfa.webauthn.finish_registration(user.id, ceremony_id, credential, name=name)
+    answer = await ceremonies.answer(request)
+    if isinstance(answer, Response):
+        return answer
+    name = clean_name(request, answer.body.get("name"), DEFAULT_PASSKEY_NAME)
+    result = await ctx.mfa.webauthn.finish_registration(
+        user.id, answer.ceremony_id, answer.credential, name=name
+    )
     if not result.ok:
         refusal = json_failure(request, result.reason or ApiReason.INVALID)
         ceremonies.clear(refusal)

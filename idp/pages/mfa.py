@@ -19,7 +19,8 @@ Success goes through ``Subjects.advance``: a new SSO session, or the session upg
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -35,13 +36,21 @@ from idp.pages import (
     redirect,
     render,
 )
-from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success, read_json
+from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success
 from idp.pages.signin import next_url
 from idp.pages.subjects import Admission, Offer, Refusal, Step, Subject, Subjects
 from mfa.levels import ACR_PHR, AMR_OTP, satisfies
 from mfa.totp import TotpReason
 
 __all__ = ["RECOVERY_FAILED", "TOTP_MESSAGES", "SecondFactorPage"]
+
+
+class _CodeAttempt(NamedTuple):
+    subject: Subject
+    offer: Offer
+    target: str | None
+    code: str
+
 
 TOTP_MESSAGES = {
     TotpReason.INVALID: N_(
@@ -116,8 +125,12 @@ class SecondFactorPage:
 
     # -- codes ---------------------------------------------------------------------------------
 
-    async def totp(self, request: Request) -> Response:
-        ctx, subjects = self._ctx, self._subjects
+    async def _code_attempt(
+        self, request: Request, offered: Callable[[Offer], bool]
+    ) -> _CodeAttempt | Response:
+        """What both code forms do first: the subject, the posted code, the method still offered
+        to it, and the attempt admitted (throttle, lockout); otherwise the response to give."""
+        subjects = self._subjects
         subject = await subjects.find(request)
         async with request.form() as form:
             code = form_field(form, "code")
@@ -127,11 +140,19 @@ class SecondFactorPage:
         factors = await subjects.factors(subject)
         target = await subjects.target(subject, factors)
         offer = subjects.offer(subject, factors, target)
-        if not offer.totp:
+        if not offered(offer):
             return self._page(request, subject, offer, target, error=NOT_OFFERED, status_code=400)
         admission = await subjects.admit(request, subject, attempt=True)
         if not admission.allowed:
             return await subjects.refuse(request, subject, admission, json=False)
+        return _CodeAttempt(subject, offer, target, code)
+
+    async def totp(self, request: Request) -> Response:
+        ctx, subjects = self._ctx, self._subjects
+        attempt = await self._code_attempt(request, lambda offer: offer.totp)
+        if isinstance(attempt, Response):
+            return attempt
+        subject, offer, target, code = attempt
         result = await ctx.mfa.totp.verify(subject.user.id, code)
         if result.ok:
             await subjects.count_success(request, subject)
@@ -146,20 +167,10 @@ class SecondFactorPage:
 
     async def recovery(self, request: Request) -> Response:
         ctx, subjects = self._ctx, self._subjects
-        subject = await subjects.find(request)
-        async with request.form() as form:
-            code = form_field(form, "code")
-        if subject is None:
-            return _step_response(subjects.expired(request, None))
-        adopt_ui_locales(request, subject.pending.ui_locales if subject.pending else None)
-        factors = await subjects.factors(subject)
-        target = await subjects.target(subject, factors)
-        offer = subjects.offer(subject, factors, target)
-        if not offer.recovery:
-            return self._page(request, subject, offer, target, error=NOT_OFFERED, status_code=400)
-        admission = await subjects.admit(request, subject, attempt=True)
-        if not admission.allowed:
-            return await subjects.refuse(request, subject, admission, json=False)
+        attempt = await self._code_attempt(request, lambda offer: offer.recovery)
+        if isinstance(attempt, Response):
+            return attempt
+        subject, offer, target, code = attempt
         result = await ctx.mfa.recovery.use(subject.user.id, code)
         if not result.ok:
             decision = await subjects.count_failure(request, subject)
@@ -180,12 +191,9 @@ class SecondFactorPage:
 
     async def webauthn_options(self, request: Request) -> Response:
         subjects = self._subjects
-        subject = await subjects.find(request)
-        if subject is None:
-            return json_failure(request, ApiReason.SIGN_IN_EXPIRED, status_code=401)
-        admission = await subjects.admit(request, subject, attempt=False)
-        if not admission.allowed:
-            return await subjects.refuse(request, subject, admission, json=True)
+        subject = await subjects.find_admitted(request)
+        if isinstance(subject, Response):
+            return subject
         factors = await subjects.factors(subject)
         if not subjects.offer(subject, factors, await subjects.target(subject, factors)).webauthn:
             return json_failure(request, ApiReason.NOT_OFFERED)
@@ -197,15 +205,11 @@ class SecondFactorPage:
     async def webauthn_verify(self, request: Request) -> Response:
         subjects = self._subjects
         subject = await subjects.find(request)
-        body = await read_json(request)
         if subject is None:
             return json_failure(request, ApiReason.SIGN_IN_EXPIRED, status_code=401)
-        credential = body.get("credential") if body is not None else None
-        if not isinstance(credential, dict):
-            return json_failure(request, ApiReason.BAD_REQUEST)
-        ceremony_id = self._ceremonies.read(request)
-        if ceremony_id is None:
-            return json_failure(request, ApiReason.CHALLENGE)
+        answer = await self._ceremonies.answer(request)
+        if isinstance(answer, Response):
+            return answer
         factors = await subjects.factors(subject)
         if not subjects.offer(subject, factors, await subjects.target(subject, factors)).webauthn:
             return json_failure(request, ApiReason.NOT_OFFERED)
@@ -213,7 +217,7 @@ class SecondFactorPage:
         if not admission.allowed:
             return await subjects.refuse(request, subject, admission, json=True)
         result = await self._ctx.mfa.webauthn.finish_authentication(
-            ceremony_id, credential, user_id=subject.user.id
+            answer.ceremony_id, answer.credential, user_id=subject.user.id
         )
         if not result.ok:
             response: Response = json_failure(request, result.reason or ApiReason.INVALID)

@@ -27,7 +27,7 @@ from idp.directory.models import User, UserStatus
 from idp.events import auth_event
 from idp.guard import LoginGuard
 from idp.pages import event_ip, pending_request
-from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success, read_json
+from idp.pages.api import ApiReason, CeremonyCookie, json_failure, json_success
 from idp.pages.login import LoginReason
 from idp.pages.signin import next_url, start_session
 from idp.pages.transactions import TransactionStore
@@ -62,13 +62,9 @@ class PasskeySignIn:
     async def verify(self, request: Request) -> Response:
         ctx = self._ctx
         _, pending = await pending_request(ctx, request)
-        body = await read_json(request)
-        credential = body.get("credential") if body is not None else None
-        if not isinstance(credential, dict):
-            return json_failure(request, ApiReason.BAD_REQUEST)
-        ceremony_id = self._ceremonies.read(request)
-        if ceremony_id is None:
-            return json_failure(request, ApiReason.CHALLENGE)
+        answer = await self._ceremonies.answer(request)
+        if isinstance(answer, Response):
+            return answer
         ip = ctx.client_ip(request)
 
         source = await self._guard.begin_attempt(ip)
@@ -77,7 +73,9 @@ class PasskeySignIn:
             headers = {"Retry-After": str(source.retry_after)}
             return json_failure(request, ApiReason.THROTTLED, status_code=429, headers=headers)
 
-        result = await ctx.mfa.webauthn.finish_authentication(ceremony_id, credential, user_id=None)
+        result = await ctx.mfa.webauthn.finish_authentication(
+            answer.ceremony_id, answer.credential, user_id=None
+        )
         if not result.ok or result.user_id is None:
             reason = result.reason.value if result.reason is not None else "invalid"
             self._failed(request, LoginReason.BAD_PASSKEY, user=None, pending=pending, webauthn=reason)

@@ -169,6 +169,17 @@ class Subjects:
         then = THEN_SECURITY if request.query_params.get("then") == THEN_SECURITY else None
         return Subject(user=me.user, methods=me.session.amr, pending=pending, session=me.session, then=then)
 
+    async def find_admitted(self, request: Request) -> Subject | Response:
+        """For a JSON endpoint: the subject, admitted (not locked, disabled or throttled); else the
+        JSON answer to give (401 when there is none: the sign-in expired)."""
+        subject = await self.find(request)
+        if subject is None:
+            return json_failure(request, ApiReason.SIGN_IN_EXPIRED, status_code=401)
+        admission = await self.admit(request, subject, attempt=False)
+        if not admission.allowed:
+            return await self.refuse(request, subject, admission, json=True)
+        return subject
+
     async def factors(self, subject: Subject) -> Factors:
         return await self._ctx.mfa.factors(subject.user.id)
 
