@@ -14,14 +14,18 @@ import os
 import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.events import Category, Event, Outcome
 from core.logging import configure_logging
 from core.settings import ConfigError, Settings, load_settings
 from onegate.runtime import Runtime, StartupError, open_runtime
+
+if TYPE_CHECKING:
+    from idp.directory.models import User
 
 __all__ = [
     "ConfigFile",
@@ -31,6 +35,7 @@ __all__ = [
     "actor",
     "emit_json",
     "fail",
+    "iam_event",
     "run",
     "settings_from",
     "table",
@@ -38,6 +43,20 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def iam_event(action: str, user: User | None = None, *, types: tuple[str, ...], **fields: Any) -> Event:
+    """An administrative change (ECS event.category iam) made from the command line, naming the
+    operating-system account that ran it (``labels.actor``); ``fields`` use ``__`` for dots."""
+    values: dict[str, Any] = {"event.type": list(types), "labels.actor": actor()}
+    if user is not None:
+        values["user.name"] = user.username
+        values["user.id"] = str(user.id)
+    values.update({key.replace("__", "."): value for key, value in fields.items()})
+    return Event(
+        action=action, category=Category.IAM, outcome=Outcome.SUCCESS, dataset="onegate.cli", fields=values
+    )
+
 
 DataDir = Annotated[
     Path | None,

@@ -17,12 +17,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.events import Category, Event, Outcome
 from idp.directory import DirectoryError, UnknownUser
 from idp.events import auth_event
 from idp.sessions import SessionStore
 from mfa.services import MfaServices
-from onegate.cli_common import ConfigFile, DataDir, Json, actor, emit_json, settings_from, with_runtime
+from onegate.cli_common import (
+    ConfigFile,
+    DataDir,
+    Json,
+    actor,
+    emit_json,
+    iam_event,
+    settings_from,
+    with_runtime,
+)
 
 if TYPE_CHECKING:
     from onegate.runtime import Runtime
@@ -48,14 +56,6 @@ def _services(runtime: Runtime) -> MfaServices:
         envelope=runtime.vault.envelope,
         hasher=runtime.directory.hashing,
         events=runtime.bus,
-    )
-
-
-def _iam_event(action: str, **fields: Any) -> Event:
-    values: dict[str, Any] = {"labels.actor": actor()}
-    values.update({key.replace("__", "."): value for key, value in fields.items()})
-    return Event(
-        action=action, category=Category.IAM, outcome=Outcome.SUCCESS, dataset="onegate.cli", fields=values
     )
 
 
@@ -168,11 +168,10 @@ def require(
     async def work(runtime: Runtime) -> str:
         user = await runtime.directory.set_mfa_enrol_required(username, not off)
         runtime.bus.emit(
-            _iam_event(
+            iam_event(
                 "mfa-enrolment-required" if not off else "mfa-enrolment-request-withdrawn",
-                user__name=user.username,
-                user__id=str(user.id),
-                event__type=["user", "change"],
+                user,
+                types=("user", "change"),
             )
         )
         return user.username
@@ -196,10 +195,10 @@ def group(
     async def work(runtime: Runtime) -> str:
         found = await runtime.directory.set_group_mfa_required(name, not off)
         runtime.bus.emit(
-            _iam_event(
+            iam_event(
                 "group-mfa-required" if not off else "group-mfa-optional",
+                types=("group", "change"),
                 onegate__group=found.name,
-                event__type=["group", "change"],
             )
         )
         return found.name

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from core.events import Category, Event, Outcome
+from core.events import Event
 from idp.directory.csv_import import (
     CsvFormatError,
     ImportReport,
@@ -50,6 +50,7 @@ from onegate.cli_common import (
     actor,
     emit_json,
     fail,
+    iam_event,
     settings_from,
     table,
     with_runtime,
@@ -81,18 +82,6 @@ Username = Annotated[str, typer.Argument(help="The user name (3-64 characters a-
 
 def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
     return with_runtime(settings, work, errors=(DirectoryError,))
-
-
-def _iam_event(action: str, user: User | None = None, *, types: tuple[str, ...], **fields: Any) -> Event:
-    """An administrative change (ECS event.category iam) made from the command line."""
-    values: dict[str, Any] = {"event.type": list(types), "labels.actor": actor()}
-    if user is not None:
-        values["user.name"] = user.username
-        values["user.id"] = str(user.id)
-    values.update({key.replace("__", "."): value for key, value in fields.items()})
-    return Event(
-        action=action, category=Category.IAM, outcome=Outcome.SUCCESS, dataset="onegate.cli", fields=values
-    )
 
 
 def _when(value: Any) -> str | None:
@@ -145,9 +134,7 @@ def add(
             department=department,
             groups=tuple(group or ()),
         )
-        runtime.bus.emit(
-            _iam_event("user-created", user, types=("user", "creation"), user__roles=group or [])
-        )
+        runtime.bus.emit(iam_event("user-created", user, types=("user", "creation"), user__roles=group or []))
         return user, password
 
     user, password = _with_runtime(settings, work)
@@ -312,7 +299,7 @@ def _auth_status_event(action: str, reason: str) -> Callable[[StatusChange], Eve
 
 def _cli_status_event(action: str) -> Callable[[StatusChange], Event]:
     def make(result: StatusChange) -> Event:
-        return _iam_event(
+        return iam_event(
             action, result.user, types=("user", "change"), labels__previous_status=result.previous.value
         )
 
@@ -388,7 +375,7 @@ def reset_password(
 
     async def work(runtime: Runtime) -> tuple[User, str]:
         user, password = await runtime.directory.reset_password(username)
-        runtime.bus.emit(_iam_event("password-reset", user, types=("user", "change")))
+        runtime.bus.emit(iam_event("password-reset", user, types=("user", "change")))
         return user, password
 
     user, password = _with_runtime(settings, work)
@@ -508,11 +495,11 @@ def _run_import(
             if not dry_run:
                 for name in report.groups_created:
                     runtime.bus.emit(
-                        _iam_event("group-created", types=("group", "creation"), onegate__group=name)
+                        iam_event("group-created", types=("group", "creation"), onegate__group=name)
                     )
                 for outcome in report.created:
                     runtime.bus.emit(
-                        _iam_event(
+                        iam_event(
                             "user-created",
                             types=("user", "creation"),
                             user__name=outcome.username,
@@ -521,7 +508,7 @@ def _run_import(
                     )
                 for outcome in report.updated:
                     runtime.bus.emit(
-                        _iam_event(
+                        iam_event(
                             "user-updated",
                             types=("user", "change"),
                             user__name=outcome.username,
@@ -604,7 +591,7 @@ def groups_add(
         group = await runtime.directory.ensure_group(name, description)
         if not existed:
             runtime.bus.emit(
-                _iam_event("group-created", types=("group", "creation"), onegate__group=group.name)
+                iam_event("group-created", types=("group", "creation"), onegate__group=group.name)
             )
         return group.name, existed
 
@@ -644,7 +631,7 @@ def _membership(group: str, username: str, data_dir: Path | None, config: Path |
         user = await directory.get_user(username)
         if changed:
             runtime.bus.emit(
-                _iam_event(
+                iam_event(
                     "group-member-added" if add else "group-member-removed",
                     user,
                     types=("group", "change"),
@@ -733,7 +720,7 @@ def departments_add(
     async def work(runtime: Runtime) -> str:
         department = await runtime.directory.add_department(code, name, parent=parent, name_en=name_en)
         runtime.bus.emit(
-            _iam_event(
+            iam_event(
                 "department-created",
                 types=("group", "creation"),
                 onegate__department=department.code,
