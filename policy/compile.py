@@ -83,7 +83,7 @@ class _Rule:
         has_paths = bool(rule.paths)
         # A prefix matches the path itself or anything below it ("/admin", "/admin/...").
         self.exact = frozenset(prefixes) if has_paths else None
-        self.prefixes = tuple(key + "/" for key in prefixes) if has_paths else None
+        self.prefixes = tuple(key + "/" for key in prefixes)
         self.globs = tuple(glob_regex(p.key).fullmatch for p in globs)
         self.methods = rule.methods
         self.has_subjects = rule.has_subjects

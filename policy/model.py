@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -148,9 +149,9 @@ class Request:
         path: str,
         method: str = "GET",
         user: str | None = None,
-        groups: object = (),
-        departments: object = (),
-        roles: object = (),
+        groups: Iterable[str] = (),
+        departments: Iterable[str] = (),
+        roles: Iterable[str] = (),
         acr: str | None = None,
         auth_time: float | None = None,
         ip: str | IPAddress | None = None,
@@ -164,9 +165,9 @@ class Request:
             path=canonical_path(path).key,
             method=method.upper(),
             user=user or None,
-            groups=frozenset(groups),  # type: ignore[arg-type]
-            departments=tuple(departments),  # type: ignore[arg-type]
-            roles=frozenset(roles),  # type: ignore[arg-type]
+            groups=frozenset(groups),
+            departments=tuple(departments),
+            roles=frozenset(roles),
             acr=acr or None,
             auth_time=auth_time,
             ip=client_address(ip) if ip is not None else None,

@@ -11,7 +11,9 @@ From the raw path (RFC 3986 §3.3; the query is not part of it):
 1. **Refused** (:class:`PathRejected`, a 400 at the gateway): not starting with ``/``; longer than
    :data:`MAX_PATH_BYTES`; raw bytes outside printable ASCII (browsers percent-encode them); a
    backslash, raw or encoded (Windows servers read it as ``/``); an encoded ``/`` (``%2F``: one
-   segment to us, two to many upstreams); an encoded NUL or other control character; a malformed
+   segment to us, two to many upstreams); an encoded ``;`` (``%3B``: ``..%3B`` is a plain segment
+   to us, but ``..;`` - a dot segment with a parameter - to an upstream that decodes first); an
+   encoded NUL or other control character; a malformed
    escape (``%G1``, ``%4``); double encoding (``%25`` followed by two hex digits: one more decoding
    upstream would produce another path); escapes whose bytes are not valid UTF-8 (overlong forms
    such as ``%C0%AE`` decode to ``.`` in lax decoders).
@@ -53,7 +55,7 @@ class PathReason(StrEnum):
     TOO_LONG = "too_long"
     BAD_CHARACTER = "bad_character"  # raw non-ASCII, space, control character or backslash
     BAD_ESCAPE = "bad_escape"  # malformed %-escape
-    ENCODED_SEPARATOR = "encoded_separator"  # %2F or %5C
+    ENCODED_SEPARATOR = "encoded_separator"  # %2F, %3B or %5C
     ENCODED_CONTROL = "encoded_control"  # %00-%1F, %7F
     DOUBLE_ENCODING = "double_encoding"  # %25 followed by two hex digits
     BAD_UTF8 = "bad_utf8"  # escapes that are not valid UTF-8 (overlong forms among them)
@@ -93,7 +95,7 @@ def _unescape(raw: bytes) -> tuple[str, bytes]:
         if i + 2 >= n or raw[i + 1] not in _HEX or raw[i + 2] not in _HEX:
             raise PathRejected(PathReason.BAD_ESCAPE)
         value = int(raw[i + 1 : i + 3], 16)
-        if value in (0x2F, 0x5C):
+        if value in (0x2F, 0x3B, 0x5C):
             raise PathRejected(PathReason.ENCODED_SEPARATOR)
         if value < 0x20 or value == 0x7F:
             raise PathRejected(PathReason.ENCODED_CONTROL)

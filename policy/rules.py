@@ -549,7 +549,7 @@ class _Reader:
 
         effect: Effect | None = None
         try:
-            effect = Effect(raw.get("effect"))
+            effect = Effect(str(raw.get("effect")))
         except ValueError:
             self.error(
                 self.line_of(raw, "effect"),
@@ -844,7 +844,7 @@ def _read_document(data: Any, parts: _Parts, seen: dict[str, int], reader: _Read
             "策略文件须为映射（version、zones、apps、rules）",
         )
         return
-    reader.unknown_keys(data, _BUNDLE_KEYS, "the bundle", None)
+    reader.unknown_keys(data, _BUNDLE_KEYS | _APP_KEYS if "app" in data else _BUNDLE_KEYS, "the bundle", None)
     if data.get("version", 1) != 1:
         reader.error(
             data.lines.get("version", 1),
@@ -873,8 +873,11 @@ def _read_document(data: Any, parts: _Parts, seen: dict[str, int], reader: _Read
                 )
             parts.timezone = tz
 
-    zones = data.get("zones") or {}
-    if not isinstance(zones, _Map):
+    zones = data.get("zones")
+    if zones is None:
+        zones = _Map()
+        zones.lines = {}
+    elif not isinstance(zones, _Map):
         reader.error(
             data.lines.get("zones", 1),
             "bad_value",
@@ -911,7 +914,10 @@ def _read_document(data: Any, parts: _Parts, seen: dict[str, int], reader: _Read
                 )
         parts.zones[name] = Network(name, tuple(cidrs))
 
-    apps = data.get("apps") or {}
+    apps = data.get("apps")
+    if apps is None:
+        apps = _Map()
+        apps.lines = {}
     if "app" in data:  # one file per application: "app: hr" at the top, its keys beside it
         app_block = _Map({k: v for k, v in data.items() if k in _APP_KEYS})
         app_block.line = data.line
@@ -953,7 +959,7 @@ def load_bundle(text: str | Iterable[tuple[str, str]], source: str = "policy.yam
     """Load a bundle from YAML text, or from ``(source name, text)`` pairs (one file per
     application). Raises :class:`BundleError` listing every error with its line."""
     files = [(source, text)] if isinstance(text, str) else list(text)
-    parts, seen = _Parts(), {}
+    parts, seen = _Parts(), dict[str, int]()
     findings: list[Finding] = []
     for name, body in files:
         reader = _Reader(name)
