@@ -95,7 +95,8 @@ def _names(bundle: Bundle, catalog: Catalog) -> list[Finding]:
             known = getattr(catalog, kind)
             if known is None:
                 continue
-            for name in sorted(getattr(rule, kind) - set(known)):
+            named = getattr(rule, kind) | getattr(rule, f"not_{kind}")
+            for name in sorted(named - set(known)):
                 out.append(
                     Finding(
                         "error",
@@ -241,6 +242,11 @@ def covers(outer: Rule, inner: Rule) -> bool:
     if outer.paths and (
         not inner.paths or not all(any(_path_covers(o, i) for o in outer.paths) for i in inner.paths)
     ):
+        return False
+    # What the outer rule leaves out, the inner one must leave out too.
+    if outer.not_paths and not all(any(_path_covers(i, o) for i in inner.not_paths) for o in outer.not_paths):
+        return False
+    if not all(getattr(outer, f"not_{k}") <= getattr(inner, f"not_{k}") for k in _KINDS):
         return False
     if outer.methods is not None and (inner.methods is None or not inner.methods <= outer.methods):
         return False

@@ -66,7 +66,14 @@ class _Rule:
         "methods",
         "min_risk",
         "networks",
+        "not_departments",
+        "not_exact",
+        "not_globs",
+        "not_groups",
         "not_networks",
+        "not_prefixes",
+        "not_roles",
+        "not_users",
         "prefixes",
         "roles",
         "schedule",
@@ -85,6 +92,15 @@ class _Rule:
         self.exact = frozenset(prefixes) if has_paths else None
         self.prefixes = tuple(key + "/" for key in prefixes)
         self.globs = tuple(glob_regex(p.key).fullmatch for p in globs)
+        not_prefixes = [p.key for p in rule.not_paths if not p.glob]
+        self.not_exact = frozenset(not_prefixes) if rule.not_paths else None
+        self.not_prefixes = tuple(key + "/" for key in not_prefixes)
+        self.not_globs = tuple(glob_regex(p.key).fullmatch for p in rule.not_paths if p.glob)
+        # Exceptions (not_subjects): None when the rule has none.
+        self.not_users = rule.not_users if rule.has_exceptions else None
+        self.not_groups = rule.not_groups
+        self.not_departments = rule.not_departments
+        self.not_roles = rule.not_roles
         self.methods = rule.methods
         self.has_subjects = rule.has_subjects
         self.users = rule.users
@@ -210,6 +226,12 @@ class CompiledPolicy:
                 path in rule.exact or path.startswith(rule.prefixes) or any(g(path) for g in rule.globs)
             ):
                 continue
+            if rule.not_exact is not None and (
+                path in rule.not_exact
+                or path.startswith(rule.not_prefixes)
+                or any(g(path) for g in rule.not_globs)
+            ):
+                continue
             if rule.has_subjects:
                 if user is None or not (
                     user in rule.users
@@ -219,6 +241,17 @@ class CompiledPolicy:
                 ):
                     continue
             elif user is None and not rule.anonymous:
+                continue
+            if (
+                rule.not_users is not None
+                and user is not None
+                and (
+                    user in rule.not_users
+                    or not rule.not_groups.isdisjoint(r.groups)
+                    or not rule.not_departments.isdisjoint(r.departments)
+                    or not rule.not_roles.isdisjoint(r.roles)
+                )
+            ):
                 continue
             if rule.min_risk is not None and risk < rule.min_risk:
                 continue

@@ -25,9 +25,11 @@ __all__ = ["CONDITIONS", "Explanation", "PolicyEngine", "RuleTrace", "reference_
 # Every condition a rule may have, in the order explain reports them, with its Chinese label.
 CONDITIONS: dict[str, str] = {
     "paths": "路径",
+    "not_paths": "排除路径",
     "methods": "请求方法",
     "subjects": "用户/用户组/部门/角色",
     "anonymous": "须登录",
+    "not_subjects": "排除的用户/用户组/部门/角色",
     "min_risk": "风险下限",
     "max_risk": "风险上限",
     "networks": "来源网络",
@@ -74,6 +76,8 @@ def trace_rule(rule: Rule, r: Request, clock: Callable[[float], tuple[int, int]]
     failed: list[str] = []
     if rule.paths and not any(p.matches(r.path) for p in rule.paths):
         failed.append("paths")
+    if rule.not_paths and any(p.matches(r.path) for p in rule.not_paths):
+        failed.append("not_paths")
     if rule.methods is not None and r.method not in rule.methods:
         failed.append("methods")
     if rule.has_subjects:
@@ -86,6 +90,17 @@ def trace_rule(rule: Rule, r: Request, clock: Callable[[float], tuple[int, int]]
             failed.append("subjects")
     elif r.user is None and not rule.admits_anonymous:
         failed.append("anonymous")
+    if (
+        rule.has_exceptions
+        and r.user is not None
+        and (
+            r.user in rule.not_users
+            or rule.not_groups & r.groups
+            or rule.not_departments & set(r.departments)
+            or rule.not_roles & r.roles
+        )
+    ):
+        failed.append("not_subjects")
     if rule.min_risk is not None and r.risk < rule.min_risk:
         failed.append("min_risk")
     if rule.max_risk is not None and r.risk > rule.max_risk:

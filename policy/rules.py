@@ -80,8 +80,10 @@ _RULE_KEYS = frozenset(
         "effect",
         "description",
         "paths",
+        "not_paths",
         "methods",
         "subjects",
+        "not_subjects",
         "anonymous",
         "acr",
         "max_auth_age",
@@ -220,6 +222,11 @@ class Rule:
     groups: frozenset[str] = frozenset()
     departments: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    not_paths: tuple[PathPattern, ...] = ()
+    not_users: frozenset[str] = frozenset()
+    not_groups: frozenset[str] = frozenset()
+    not_departments: frozenset[str] = frozenset()
+    not_roles: frozenset[str] = frozenset()
     anonymous: bool = False
     acr: str | None = None  # short name: pwd | mfa | phr
     max_auth_age: int | None = None
@@ -234,6 +241,11 @@ class Rule:
     @property
     def has_subjects(self) -> bool:
         return bool(self.users or self.groups or self.departments or self.roles)
+
+    @property
+    def has_exceptions(self) -> bool:
+        """Whether the rule names subjects it does not apply to (``not_subjects``)."""
+        return bool(self.not_users or self.not_groups or self.not_departments or self.not_roles)
 
     @property
     def admits_anonymous(self) -> bool:
@@ -458,6 +470,39 @@ class _Reader:
             )
             return None
 
+    def patterns(self, raw: _Map, key: str, rule_id: str) -> tuple[PathPattern, ...]:
+        if key not in raw:
+            return ()
+        values = self.strings(raw, key, rule_id)
+        items = raw[key] if isinstance(raw[key], _List) else None
+        out = []
+        for index, text in enumerate(values):
+            where = self.line_of(items, index) if items is not None else self.line_of(raw, key)
+            pattern = self.path(text, where, rule_id)
+            if pattern is not None:
+                out.append(pattern)
+        return tuple(out)
+
+    def subjects(self, raw: _Map, key: str, rule_id: str) -> dict[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {kind: frozenset() for kind in _SUBJECT_KINDS}
+        if key not in raw:
+            return out
+        block = raw[key]
+        if not isinstance(block, _Map) or not block:
+            self.error(
+                self.line_of(raw, key),
+                "bad_value",
+                f"'{key}' is a mapping of users / groups / departments / roles",
+                f"{key} 须为 users / groups / departments / roles 的映射",
+                rule_id,
+            )
+            return out
+        self.unknown_keys(block, frozenset(_SUBJECT_KINDS), f"{key} of rule {rule_id}", rule_id)
+        for kind in _SUBJECT_KINDS:
+            if kind in block:
+                out[kind] = frozenset(self.strings(block, kind, rule_id))
+        return out
+
     def windows(self, value: Any, line: int, rule_id: str) -> tuple[Window, ...]:
         entries = value if isinstance(value, list) else [value]
         out: list[Window] = []
@@ -584,15 +629,8 @@ class _Reader:
                 rule_id,
             )
 
-        paths: list[PathPattern] = []
-        if "paths" in raw:
-            values = self.strings(raw, "paths", rule_id)
-            items = raw["paths"] if isinstance(raw["paths"], _List) else None
-            for index, text in enumerate(values):
-                where = self.line_of(items, index) if items is not None else self.line_of(raw, "paths")
-                pattern = self.path(text, where, rule_id)
-                if pattern is not None:
-                    paths.append(pattern)
+        paths = self.patterns(raw, "paths", rule_id)
+        not_paths = self.patterns(raw, "not_paths", rule_id)
 
         methods: frozenset[str] | None = None
         if "methods" in raw:
@@ -608,22 +646,8 @@ class _Reader:
                     )
             methods = frozenset(names) if "*" not in names else None
 
-        subjects: dict[str, frozenset[str]] = {kind: frozenset() for kind in _SUBJECT_KINDS}
-        if "subjects" in raw:
-            block = raw["subjects"]
-            if not isinstance(block, _Map) or not block:
-                self.error(
-                    self.line_of(raw, "subjects"),
-                    "bad_value",
-                    "'subjects' is a mapping of users / groups / departments / roles",
-                    "subjects 须为 users / groups / departments / roles 的映射",
-                    rule_id,
-                )
-            else:
-                self.unknown_keys(block, frozenset(_SUBJECT_KINDS), f"subjects of rule {rule_id}", rule_id)
-                for kind in _SUBJECT_KINDS:
-                    if kind in block:
-                        subjects[kind] = frozenset(self.strings(block, kind, rule_id))
+        subjects = self.subjects(raw, "subjects", rule_id)
+        exceptions = self.subjects(raw, "not_subjects", rule_id)
 
         anonymous = raw.get("anonymous", False)
         if not isinstance(anonymous, bool):
@@ -733,6 +757,11 @@ class _Reader:
             groups=subjects["groups"],
             departments=subjects["departments"],
             roles=subjects["roles"],
+            not_paths=not_paths,
+            not_users=exceptions["users"],
+            not_groups=exceptions["groups"],
+            not_departments=exceptions["departments"],
+            not_roles=exceptions["roles"],
             anonymous=anonymous,
             acr=acr,
             max_auth_age=max_auth_age,

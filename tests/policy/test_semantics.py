@@ -329,3 +329,39 @@ def test_explain_names_rules_and_reasons(engine: PolicyEngine) -> None:
     assert traces["hr-read"].failed == ("methods", "subjects")
     step = engine.explain(Request.of(app="hr", path="/payroll", user="a", groups={"hr-staff"}, acr="pwd"))
     assert "mfa" in step.text_en and "增强认证" in step.text_zh
+
+
+def test_exceptions_not_paths_and_not_subjects() -> None:
+    engine = PolicyEngine.from_text(
+        """
+apps:
+  hr:
+    rules:
+      - id: staff-but-admin
+        effect: allow
+        subjects: {departments: [hrss]}
+        not_paths: [/admin, "/export/*.csv"]
+      - id: admins
+        effect: allow
+        paths: [/admin]
+        subjects: {groups: [hr-admins]}
+      - id: no-contractors
+        effect: deny
+        paths: [/payroll]
+        not_subjects: {groups: [payroll-team], users: [boss]}
+"""
+    )
+    clerk = {"app": "hr", "user": "zhangwei", "departments": ["hrss", "city"], "groups": {"hr-staff"}}
+    assert decide(engine, path="/", **clerk).rule_ids == ("staff-but-admin",)
+    assert not decide(engine, path="/admin/users", **clerk).allowed
+    assert not decide(engine, path="/Admin", **clerk).allowed
+    assert not decide(engine, path="/export/2026/all.csv", **clerk).allowed
+    assert decide(engine, path="/export/2026/all.pdf", **clerk).allowed
+    admin = {**clerk, "user": "wangfang", "groups": {"hr-staff", "hr-admins"}}
+    assert decide(engine, path="/admin/users", **admin).rule_ids == ("admins",)
+    # The deny applies to everyone except the payroll team and the named user.
+    assert decide(engine, path="/payroll", **clerk).rule_ids == ("no-contractors",)
+    assert decide(engine, path="/payroll", **{**clerk, "groups": {"payroll-team"}}).allowed
+    assert decide(engine, path="/payroll", **{**clerk, "user": "boss"}).allowed
+    # A deny with exceptions still holds for requests with no signed-in user.
+    assert decide(engine, app="hr", path="/payroll").rule_ids == ("no-contractors",)
