@@ -36,6 +36,7 @@ from onegate.cli_common import (
     settings_from,
     with_runtime,
 )
+from onegate.cli_policy import policy_app
 from onegate.cli_users import app as users_app
 from onegate.runtime import Runtime, open_vault
 
@@ -55,6 +56,7 @@ keys_app = typer.Typer(help="Keys: signing keys and the master key.", no_args_is
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="user")
 app.add_typer(clients_app, name="client")
+app.add_typer(policy_app, name="policy")
 
 
 def version_callback(value: bool) -> None:
