@@ -129,7 +129,7 @@ def _cedar(bundle: Bundle) -> list[Finding]:
         return []
     from policy.cedar import check_cedar
 
-    return [finding for app in apps for finding in check_cedar(app)]
+    return [f for app in apps for f in check_cedar(app, bundle.rules_for(app.name))]
 
 
 def _analyse(app: str, rules: tuple[Rule, ...]) -> list[Finding]:

@@ -215,7 +215,9 @@ class PolicyEngine:
             from policy.cedar import RawCedarApp
 
             self.deciders = {
-                name: RawCedarApp(app, bundle.timezone) for name, app in bundle.apps.items() if app.cedar
+                name: RawCedarApp(app, bundle.timezone, bundle.rules_for(name))
+                for name, app in bundle.apps.items()
+                if app.cedar
             }
         self.compiled: CompiledPolicy = compile_bundle(bundle, self.deciders)
         # The hot path is the compiled evaluator's own method: no extra call layer.

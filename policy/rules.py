@@ -275,6 +275,7 @@ class App:
     cedar: str | None = None  # raw Cedar policies: the application is decided through cedarpy
     source: str = ""
     line: int = 0
+    cedar_line: int = 0  # the bundle line the Cedar text starts on (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -827,6 +828,9 @@ class _Reader:
                 "cedar 须为 Cedar 策略文本",
             )
             cedar = None
+        cedar_line = 0
+        if cedar is not None:  # a block scalar (``cedar: |``) starts on the line after its key
+            cedar_line = self.line_of(raw, "cedar") + ("\n" in cedar.rstrip("\n"))
         texts = {key: raw.get(key, "") for key in ("name", "description", "owner")}
         return App(
             name=name,
@@ -838,6 +842,7 @@ class _Reader:
             cedar=cedar,
             source=self.source,
             line=raw.line,
+            cedar_line=cedar_line,
         )
 
 
