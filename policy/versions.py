@@ -3,19 +3,23 @@
 Every change is a new row (append-only): applying a bundle, and rolling back to an earlier one
 (which stores that version's text again, naming the version it restored). The newest row is the
 active bundle. Nothing reaches the table without passing :func:`policy.check.check` against the
-current directory: a bundle with errors never becomes active.
+catalog the caller gives (the directory): a bundle with errors never becomes active.
+
+Version numbers are 1, 2, 3, ... with no gaps, in the order the changes were committed: a change
+takes the newest number plus one, and of two changes racing for a number the database's primary
+key admits one; the other reads the newest version again and takes the next number.
 
 After a change the store publishes the version number on the KV channel ``policy:changed``;
-every :class:`PolicyWatcher` (one per gateway process) loads and compiles the new version and
+every :class:`PolicyWatcher` (one per gateway process) loads and compiles the newest version and
 swaps its engine in one assignment, so a request sees the old engine or the new one, never a mix.
-Publish-subscribe is not durable (a message sent while a watcher reconnects is lost), so each
-watcher also compares the newest version number every ``poll_interval`` seconds.
+Publish-subscribe is not durable (a message sent while a watcher reconnects is lost, and Redis
+may be down), so each watcher also reads the newest version number every ``poll_interval``
+seconds, whatever the state of the channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import hashlib
 from collections.abc import Callable
@@ -25,25 +29,45 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.events import Category, Event, EventEmitter, Outcome
-from core.kv import KV, KVUnavailable
-from policy.check import Catalog, check_text, has_errors
+from core.kv import KV, KVError
+from policy.check import Catalog, check, check_text, has_errors
 from policy.engine import PolicyEngine
 from policy.models import PolicyVersion
-from policy.rules import BundleError, Finding
+from policy.rules import Bundle, Finding
 
-__all__ = ["CHANNEL", "PolicyRejected", "PolicyStore", "PolicyWatcher", "UnknownVersion", "Version"]
+__all__ = [
+    "CHANNEL",
+    "PolicyRejected",
+    "PolicyStore",
+    "PolicyWatcher",
+    "UnknownVersion",
+    "Version",
+]
 
 log = structlog.get_logger("onegate.policy")
 
 CHANNEL = "policy:changed"
+# Tries to take the next version number when other changes keep taking it first.
+_ATTEMPTS = 5
+# A lost channel is subscribed again after this long (the poll keeps reloading meanwhile).
+_RESUBSCRIBE_AFTER = 1.0
+
+
+def _end_if_cancelled(error: Exception) -> None:
+    """Re-raise the cancellation of the current task when a client replaced it by an error of
+    its own while cleaning up (redis-py does, failing to unsubscribe from a lost connection):
+    a watcher being stopped must end, whatever state Redis or the database is in."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
 
 
 class PolicyRejected(Exception):
-    """The bundle did not pass check; ``findings`` says why (every error, with lines)."""
+    """The bundle did not pass check; ``findings`` says why (every finding, errors first)."""
 
     def __init__(self, findings: list[Finding]) -> None:
         self.findings = findings
@@ -53,7 +77,7 @@ class PolicyRejected(Exception):
 
 class UnknownVersion(LookupError):
     def __init__(self, version: int) -> None:
-        super().__init__(f"no policy version {version}")
+        super().__init__(f"no policy version {version} / 没有策略版本 {version}")
         self.version = version
 
 
@@ -63,17 +87,20 @@ class Version:
     created_at: datetime
     author: str
     comment: str
-    action: str
-    based_on: int | None
-    digest: str
+    action: str  # apply | rollback
+    based_on: int | None  # the version a rollback restored
+    digest: str  # sha256 hex of text
     text: str
 
     @classmethod
     def of(cls, row: PolicyVersion) -> Version:
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite
+        created = row.created_at
+        # SQLite gives the UTC time back without its zone; PostgreSQL in the session's zone.
+        created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
         return cls(row.id, created, row.author, row.comment, row.action, row.based_on, row.digest, row.text)
 
     def summary(self) -> dict[str, Any]:
+        """Everything but the text (for ``history --json``)."""
         return {
             "version": self.number,
             "created_at": self.created_at.isoformat(),
@@ -85,15 +112,27 @@ class Version:
         }
 
 
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class PolicyStore:
+    """The stored versions (the database) and their announcement (the KV channel)."""
+
     def __init__(self, sessions: async_sessionmaker[Any], kv: KV, events: EventEmitter) -> None:
         self._sessions = sessions
         self._kv = kv
         self._events = events
 
-    def _event(self, action: str, outcome: Outcome, author: str, **fields: Any) -> None:
-        values = {"labels.actor": author, "event.type": ["change"]}
-        values.update({f"onegate.policy.{key}": value for key, value in fields.items()})
+    def event(self, action: str, outcome: Outcome, actor: str | None, **fields: Any) -> None:
+        """A configuration event about the policy; ``fields`` go under ``onegate.policy.*``
+        (``error`` becomes ``error.message``)."""
+        values: dict[str, Any] = {"event.type": ["change"]}
+        if actor is not None:
+            values["labels.actor"] = actor
+        if "error" in fields:
+            values["error.message"] = str(fields.pop("error"))[:1000]
+        values.update({f"onegate.policy.{key}": value for key, value in fields.items() if value is not None})
         self._events.emit(
             Event(
                 action=action,
@@ -104,14 +143,18 @@ class PolicyStore:
             )
         )
 
+    # -- reading ---------------------------------------------------------------------------
+
     async def active(self) -> Version | None:
+        """The newest version (the one in force), or None before the first apply."""
         async with self._sessions() as s:
             row = await s.scalar(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
             return Version.of(row) if row is not None else None
 
     async def newest_number(self) -> int | None:
         async with self._sessions() as s:
-            return await s.scalar(select(func.max(PolicyVersion.id)))  # type: ignore[no-any-return]
+            newest: int | None = await s.scalar(select(func.max(PolicyVersion.id)))
+            return newest
 
     async def get(self, number: int) -> Version:
         async with self._sessions() as s:
@@ -121,37 +164,57 @@ class PolicyStore:
             return Version.of(row)
 
     async def history(self, limit: int = 50) -> list[Version]:
+        """The newest ``limit`` versions, newest (active) first."""
         async with self._sessions() as s:
             rows = await s.scalars(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(limit))
             return [Version.of(row) for row in rows]
 
     async def diff(self, a: int, b: int) -> str:
+        """A unified diff from version ``a`` to version ``b`` (labels ``v<a>`` / ``v<b>``); empty
+        when the texts are equal."""
         old, new = await self.get(a), await self.get(b)
+        lines = difflib.unified_diff(
+            old.text.splitlines(keepends=True), new.text.splitlines(keepends=True), f"v{a}", f"v{b}"
+        )
+        # A last line without a newline would run into the next header.
         return "".join(
-            difflib.unified_diff(
-                old.text.splitlines(keepends=True), new.text.splitlines(keepends=True), f"v{a}", f"v{b}"
-            )
+            line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
         )
 
+    # -- changing --------------------------------------------------------------------------
+
     async def apply(
-        self, text: str, *, author: str, comment: str = "", catalog: Catalog | None = None
+        self,
+        bundle: str | Bundle,
+        *,
+        author: str,
+        comment: str = "",
+        catalog: Catalog | None = None,
+        source: str = "policy.yaml",
     ) -> tuple[Version, list[Finding]]:
-        """Check ``text`` and make it the active bundle: ``(version, warnings)``. Raises
-        :class:`PolicyRejected` (nothing stored) when check finds an error. Applying the text that
-        is already active stores nothing and returns the active version."""
-        return await self._store(text, author=author, comment=comment, catalog=catalog, action="apply")
+        """Check a bundle (its text, or a loaded :class:`Bundle`, whose findings then name its
+        files) and make it the active one: ``(version, findings)``, the findings being warnings.
+
+        Raises :class:`PolicyRejected` (nothing stored) when check finds an error. Applying the
+        text that is already active stores nothing and returns the active version."""
+        if isinstance(bundle, Bundle):
+            text, findings = bundle.text, check(bundle, catalog)
+        else:
+            text, findings = bundle, check_text(bundle, catalog, source)[1]
+        return await self._store(text, findings, author=author, comment=comment, action="apply")
 
     async def rollback(
         self, number: int, *, author: str, comment: str = "", catalog: Catalog | None = None
     ) -> tuple[Version, list[Finding]]:
-        """Make version ``number``'s text active again, as a new version. It is checked again: a
-        group it names may have been removed since."""
+        """Make version ``number``'s text active again, as a new version (``based_on`` names
+        ``number``). It is checked again: a group it names may have been removed since."""
         old = await self.get(number)
+        _, findings = check_text(old.text, catalog, f"v{number}")
         return await self._store(
             old.text,
+            findings,
             author=author,
             comment=comment or f"rollback to v{number}",
-            catalog=catalog,
             action="rollback",
             based_on=number,
         )
@@ -159,52 +222,67 @@ class PolicyStore:
     async def _store(
         self,
         text: str,
+        findings: list[Finding],
         *,
         author: str,
         comment: str,
-        catalog: Catalog | None,
         action: str,
         based_on: int | None = None,
     ) -> tuple[Version, list[Finding]]:
-        _, findings = check_text(text, catalog)
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        digest = digest_of(text)
         if has_errors(findings):
             errors = sum(f.severity == "error" for f in findings)
-            self._event("policy-rejected", Outcome.FAILURE, author, digest=digest, errors=errors)
-            raise PolicyRejected(findings)
-        active = await self.active()
-        if active is not None and active.digest == digest:
-            return active, findings
-        async with self._sessions() as s, s.begin():
-            row = PolicyVersion(
-                author=author[:200],
-                comment=comment[:1000],
-                action=action,
-                based_on=based_on,
-                text=text,
-                digest=digest,
+            self.event(
+                "policy-rejected", Outcome.FAILURE, author, digest=digest, errors=errors, restored=based_on
             )
-            s.add(row)
-            await s.flush()
-            version = Version.of(row)
-        self._event(
+            raise PolicyRejected(findings)
+        for _ in range(_ATTEMPTS):
+            try:
+                async with self._sessions() as s, s.begin():
+                    newest = await s.scalar(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
+                    if newest is not None and newest.digest == digest:
+                        return Version.of(newest), findings  # already active: nothing to do
+                    previous = newest.id if newest is not None else None
+                    row = PolicyVersion(
+                        id=(previous or 0) + 1,
+                        author=author[:200],
+                        comment=comment[:1000],
+                        action=action,
+                        based_on=based_on,
+                        text=text,
+                        digest=digest,
+                    )
+                    s.add(row)
+                    await s.flush()
+                    version = Version.of(row)
+                break
+            except IntegrityError:
+                continue  # another change took this number first: look at the newest again
+        else:
+            raise RuntimeError(f"policy version not stored: {_ATTEMPTS} concurrent changes took its number")
+        self.event(
             "policy-rolled-back" if action == "rollback" else "policy-activated",
             Outcome.SUCCESS,
             author,
             version=version.number,
+            previous=previous,
             digest=digest,
-            **({"restored": based_on} if based_on is not None else {}),
+            restored=based_on,
         )
         try:
             await self._kv.publish(CHANNEL, str(version.number).encode())
-        except KVUnavailable as e:  # the watchers' poll picks it up
+        except KVError as e:  # stored all the same: the watchers' poll picks it up
             log.warning("policy change not published; instances reload on their next poll", error=str(e))
         return version, findings
 
 
 class PolicyWatcher:
-    """Keeps :attr:`engine` on the newest stored version. Until a version exists, and if none can be
-    loaded, the engine denies every request (fail closed)."""
+    """Keeps :attr:`engine` on the newest stored version.
+
+    Until a version exists the engine denies every request (fail closed). A version that does
+    not load (a row written past the store, or by a release that read bundles differently)
+    leaves the engine in use in place, is reported once (log and a ``policy-load-failed``
+    event) and is not tried again; a newer version is."""
 
     def __init__(
         self,
@@ -215,62 +293,92 @@ class PolicyWatcher:
         on_reload: Callable[[PolicyEngine], None] | None = None,
     ) -> None:
         self.engine: PolicyEngine = PolicyEngine.deny_all()
-        self.version: int | None = None
+        self.failed: int | None = None  # the newest version, when it did not load
         self._store = store
         self._kv = kv
         self._poll = poll_interval
         self._on_reload = on_reload
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
 
+    @property
+    def version(self) -> int | None:
+        """The version the engine in use was built from (None: nothing loaded, deny all)."""
+        return self.engine.version
+
     async def start(self) -> None:
+        """Load the newest version, then follow the channel and poll."""
         await self.refresh()
-        self._task = asyncio.create_task(self._run(), name="policy-watcher")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="policy-watcher-listen"),
+            asyncio.create_task(self._poll_loop(), name="policy-watcher-poll"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def refresh(self) -> bool:
-        """Load the newest version if it is not the one in use; True when the engine changed."""
+        """Load the newest version unless it is in use or failed already; True when the engine
+        changed. Never raises: a problem is logged and the engine in use stays."""
         async with self._lock:
             try:
                 newest = await self._store.newest_number()
-                if newest is None or newest == self.version:
+                if newest is None or newest in (self.version, self.failed):
                     return False
                 version = await self._store.get(newest)
-            except SQLAlchemyError as e:
+            except Exception as e:  # the database is away: the poll tries again
+                _end_if_cancelled(e)
                 log.warning("policy versions unreadable; keeping the engine in use", error=str(e))
                 return False
             try:
                 # Compiling a large bundle takes a while: off the event loop.
-                engine = await asyncio.to_thread(PolicyEngine.from_text, version.text, version=version.number)
-            except BundleError as e:
+                engine = await asyncio.to_thread(
+                    PolicyEngine.from_text, version.text, f"v{version.number}", version=version.number
+                )
+            except Exception as e:  # BundleError, or anything else building it: fail closed
+                self.failed = version.number
                 log.error(
                     "stored policy version does not load; keeping the engine in use",
-                    version=newest,
+                    version=version.number,
+                    in_use=self.version,
                     error=str(e),
                 )
-                self.version = newest  # do not retry the same broken version on every poll
+                self._store.event(
+                    "policy-load-failed",
+                    Outcome.FAILURE,
+                    None,
+                    version=version.number,
+                    digest=version.digest,
+                    in_use=self.version,
+                    error=e,
+                )
                 return False
-            self.engine, self.version = engine, version.number
+            self.engine, self.failed = engine, None  # one assignment: readers see old or new
         log.info("policy loaded", version=version.number, digest=version.digest)
         if self._on_reload is not None:
-            self._on_reload(engine)
+            try:
+                self._on_reload(engine)
+            except Exception as e:
+                log.error("policy reload callback failed", error=str(e))
         return True
 
-    async def _run(self) -> None:
+    async def _listen(self) -> None:
         while True:
             try:
                 async with self._kv.subscribe(CHANNEL) as subscription:
                     await self.refresh()  # a change made while (re)subscribing
                     while True:
-                        await subscription.get(timeout=self._poll)
-                        await self.refresh()  # on a message, and at least every poll_interval
-            except KVUnavailable as e:
-                log.warning("policy change channel unavailable; polling", error=str(e))
-                await asyncio.sleep(self._poll)
-                await self.refresh()
+                        if await subscription.get(timeout=self._poll) is not None:
+                            await self.refresh()
+            except Exception as e:  # KVUnavailable (Redis away), or the connection's own errors
+                _end_if_cancelled(e)
+                log.warning("policy change channel lost; polling until it is back", error=str(e))
+            await asyncio.sleep(_RESUBSCRIBE_AFTER)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            await self.refresh()
