@@ -40,7 +40,7 @@ from typing import Any
 
 import cedarpy
 
-from policy.compile import local_clock
+from policy.compile import falls_short, local_clock
 from policy.model import ACR_NAMES, Decision, Effect, Reason, Request, StepUp, acr_rank, acr_urn
 from policy.rules import App, Bundle, BundleError, Finding, Network, PathPattern, Rule, Window, parse_duration
 
@@ -407,12 +407,7 @@ class _Policy:
     max_age: int | None = None
 
     def unmet(self, r: Request) -> bool:
-        if self.acr_rank and r.acr_rank < self.acr_rank:
-            return True
-        if self.max_age is not None:
-            age = r.auth_age
-            return age is None or age > self.max_age
-        return False
+        return falls_short(r, self.acr_rank, self.max_age)
 
 
 def _annotation_problems(policy: dict[str, Any]) -> list[str]:

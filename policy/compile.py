@@ -20,7 +20,18 @@ from typing import Protocol
 from policy.model import ACR_NAMES, Decision, Effect, Reason, Request, StepUp, acr_urn
 from policy.rules import Bundle, Network, Rule, glob_regex
 
-__all__ = ["AppDecider", "CompiledPolicy", "compile_bundle", "local_clock"]
+__all__ = ["AppDecider", "CompiledPolicy", "compile_bundle", "falls_short", "local_clock"]
+
+
+def falls_short(r: Request, acr_rank: int, max_age: int | None) -> bool:
+    """Whether the request's sign-in is weaker than ``acr_rank`` or older than ``max_age``
+    seconds (an unknown age is too old): what an unmet step-up requirement is."""
+    if acr_rank and r.acr_rank < acr_rank:
+        return True
+    if max_age is not None:
+        age = r.auth_age
+        return age is None or age > max_age
+    return False
 
 
 class AppDecider(Protocol):
@@ -118,12 +129,7 @@ class _Rule:
 
     def unmet(self, r: Request) -> bool:
         """For a step_up rule: whether the request's sign-in falls short of what it asks."""
-        if self.acr_rank and r.acr_rank < self.acr_rank:
-            return True
-        if self.max_age is not None:
-            age = r.auth_age
-            return age is None or age > self.max_age
-        return False
+        return falls_short(r, self.acr_rank, self.max_age)
 
 
 def _in(ranges: tuple[tuple[int, int, int], ...], version: int, value: int) -> bool:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests import services as local_services
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -63,3 +67,20 @@ def fresh_postgres_url(services: local_services.Services) -> Iterator[str]:
     _run(local_services.create_database(services.postgres_url, name))
     yield local_services.database_url(services.postgres_url, name)
     _run(local_services.drop_database(services.postgres_url, name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A database with every migration applied: a SQLite file, then a PostgreSQL database of the
+    test's own (dropped afterwards)."""
+    import onegate.runtime
+    from core.db import create_engine, migrate
+
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'onegate.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    eng = create_engine(url)
+    await migrate(eng, onegate.runtime.MIGRATIONS)
+    yield eng
+    await eng.dispose()

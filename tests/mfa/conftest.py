@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-import onegate.runtime
-from core.db import create_engine, migrate, session_factory
+from core.db import session_factory
 from core.events import RecordingEmitter
 from core.kv import KV, MemoryKV, RedisKV
 from idp.directory.models import User
@@ -49,18 +47,6 @@ class LowCostArgon2:
             return self._hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'onegate.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    eng = create_engine(url)
-    await migrate(eng, onegate.runtime.MIGRATIONS)
-    yield eng
-    await eng.dispose()
 
 
 @pytest.fixture

@@ -35,18 +35,6 @@ V3 = V1 + "      - {id: no-audit, effect: deny, paths: [/audit]}\n"
 CATALOG = Catalog(groups={"hr-staff"})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'onegate.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    eng = create_engine(url)
-    await migrate(eng, onegate.runtime.MIGRATIONS)
-    yield eng
-    await eng.dispose()
-
-
 @pytest.fixture
 def sessions(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return session_factory(engine)
