@@ -24,6 +24,8 @@ __all__ = [
     "ENV_PREFIX",
     "ConfigError",
     "DatabaseSettings",
+    "GatewayRoute",
+    "GatewaySettings",
     "IdpSettings",
     "KVSettings",
     "KeyvaultSettings",
@@ -200,6 +202,64 @@ class MfaSettings(_Section):
     )
 
 
+class GatewayRoute(_Section):
+    """One application behind the gateway: the hosts it answers on and where its upstream is."""
+
+    app: str = Field(description="The application's name in the access policy, e.g. `hr`.")
+    hosts: list[str] = Field(min_length=1, description="Host names the application answers on.")
+    upstream: str | None = Field(
+        None, description="`http://host:port` of the application; unset: forward-auth only (nginx / Caddy)."
+    )
+    path_prefix: str = Field("/", description="Only requests under this path prefix go to this route.")
+    preserve_host: bool = Field(
+        False, description="Send the client's Host upstream instead of the upstream's."
+    )
+    connect_timeout: float = Field(5.0, gt=0, le=300, description="Seconds to connect to the upstream.")
+    read_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds to wait for each read from the upstream."
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _lower_hosts(cls, hosts: list[str]) -> list[str]:
+        return [h.strip().lower() for h in hosts]
+
+
+class GatewaySettings(_Section):
+    issuer: str | None = Field(
+        None, description="The OIDC provider the gateway signs users in with. Unset: this deployment's IdP."
+    )
+    client_id: str = Field("onegate-gateway", description="The gateway's client id at the OIDC provider.")
+    client_secret: str | None = Field(
+        None,
+        description="Its client secret. Unset with the built-in IdP: registered and kept in keyvault "
+        "at start-up.",
+    )
+    routes: list[GatewayRoute] = Field(
+        default_factory=list, description="The applications behind the gateway (see docs/gateway.md)."
+    )
+    session_idle_timeout: int = Field(
+        1800, ge=60, le=86400, description="A gateway session unused this many seconds ends."
+    )
+    session_absolute_timeout: int = Field(
+        36000,
+        ge=300,
+        le=604800,
+        description="A gateway session ends this many seconds after sign-in at the latest.",
+    )
+    cookie_name: str = Field(
+        "onegate_gw",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The gateway's session cookie, one per host.",
+    )
+    assertion_lifetime: int = Field(
+        60, ge=10, le=60, description="Seconds an identity assertion passed upstream is valid."
+    )
+    max_body_bytes: int | None = Field(
+        None, ge=0, description="Largest request body accepted (bytes); unset: no limit (streamed)."
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     json_lines: bool = Field(True, description="One JSON object per line (`false`: readable console lines).")
@@ -224,6 +284,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     idp: IdpSettings = Field(default_factory=IdpSettings)
     mfa: MfaSettings = Field(default_factory=MfaSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

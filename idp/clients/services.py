@@ -416,11 +416,17 @@ class ClientRegistry:
             self._emit("client-updated", client_id, actor, ["change"], changed=changed)
         return RegisteredClient.from_row(row), secret
 
-    async def rotate_secret(self, client_id: str, *, actor: str | None = None) -> str:
+    async def rotate_secret(
+        self, client_id: str, *, actor: str | None = None, secret: str | None = None
+    ) -> str:
         """A new secret (show it once); the old one stops working at once, without a grace period.
 
         "At once" holds in this process; other processes notice within ``cache_ttl`` seconds.
+        ``secret``: set this one instead of generating it — for a client that is part of this
+        deployment (the gateway) and keeps its secret in keyvault; at least 32 characters.
         """
+        if secret is not None and len(secret) < 32:
+            raise ClientError("a client secret set by its owner has at least 32 characters")
         async with self._sessions() as s, s.begin():
             row = await self._row(s, client_id)
             if row is None:
@@ -430,7 +436,10 @@ class ClientRegistry:
                     f"client {client_id!r} authenticates with {row.token_endpoint_auth_method.value}, "
                     "not a secret"
                 )
-            secret, row.secret_hash = self._new_secret(client_id)
+            if secret is None:
+                secret, row.secret_hash = self._new_secret(client_id)
+            else:
+                row.secret_hash = self._mac(client_id, secret)
             row.secret_rotated_at = row.updated_at = datetime.now(UTC)
         self.invalidate(client_id)
         self._emit("client-secret-rotated", client_id, actor, ["change"])

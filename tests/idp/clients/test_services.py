@@ -259,6 +259,18 @@ async def test_rotate_secret_invalidates_the_old_one(
         await registry.rotate_secret("mobile")
 
 
+async def test_a_deployment_component_sets_its_own_secret(registry: ClientRegistry) -> None:
+    _, generated = await add_oa(registry)
+    chosen = "k" * 43
+    assert await registry.rotate_secret("oa-app", secret=chosen) == chosen
+    client = await registry.get("oa-app")
+    assert registry.verify_secret(client, chosen)
+    assert not registry.verify_secret(client, generated)  # type: ignore[arg-type]
+    with pytest.raises(ClientError, match="32 characters"):
+        await registry.rotate_secret("oa-app", secret="short")
+    assert registry.verify_secret(await registry.get("oa-app"), chosen)  # unchanged by the refusal
+
+
 # -- cache ------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,144 @@
+"""Gateway sessions: cookies, host binding, timeouts, revocation seen by other processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from core.kv import KV, MemoryKV, RedisKV
+from gateway.sessions import CACHE_SECONDS, GatewaySessions
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def kv(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> AsyncIterator[KV]:
+    store: KV = MemoryKV() if request.param == "memory" else RedisKV(redis_url, prefix=redis_prefix)
+    yield store
+    await store.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _create(
+    sessions: GatewaySessions,
+    *,
+    host: str = "hr.example.gov",
+    idp_sid: str | None = "idp-1",
+    sub: str = "s-1",
+) -> tuple[str, str]:
+    session, cookie = await sessions.create(
+        host=host,
+        sub=sub,
+        username="zhangwei",
+        name="张伟",
+        groups=["hr-staff"],
+        department="hrss",
+        departments=["hrss", "city"],
+        acr="urn:onegate:acr:mfa",
+        amr=["pwd", "otp"],
+        auth_time=1_800_000_000.0,
+        idp_sid=idp_sid,
+        id_token="header.payload.signature",
+    )
+    return session.sid, cookie
+
+
+async def test_a_cookie_names_its_session_on_its_host_only(kv: KV) -> None:
+    sessions = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600)
+    sid, cookie = await _create(sessions)
+    found = await sessions.from_cookie(cookie, "hr.example.gov")
+    assert found is not None and found.sid == sid and found.username == "zhangwei"
+    assert found.departments == ("hrss", "city") and found.amr == ("pwd", "otp")
+    # Carried to another application's host, the cookie is worth nothing.
+    assert await sessions.from_cookie(cookie, "permits.example.gov") is None
+    # A wrong secret, a malformed or an oversized value: no session.
+    assert await sessions.from_cookie(f"{sid}.not-the-secret", "hr.example.gov") is None
+    for bad in ("", "no-dot", ".", f"{sid}.", "x" * 300, None):
+        assert await sessions.from_cookie(bad, "hr.example.gov") is None
+    # The store keeps only a digest of the secret.
+    raw = await kv.get(f"gw:s:{sid}")
+    assert raw is not None and cookie.split(".", 1)[1].encode() not in raw
+
+
+async def test_idle_and_absolute_timeouts(kv: KV) -> None:
+    clock = Clock()
+    sessions = GatewaySessions(kv, idle_timeout=120, absolute_timeout=300, clock=clock)
+    _, cookie = await _create(sessions)
+    clock.now += 100
+    assert await sessions.from_cookie(cookie, "hr.example.gov") is not None  # renewed (over a minute)
+    clock.now += 100
+    assert await sessions.from_cookie(cookie, "hr.example.gov") is not None
+    clock.now += 121  # idle too long
+    assert await sessions.from_cookie(cookie, "hr.example.gov") is None
+
+    _, cookie = await _create(sessions)
+    for _ in range(5):
+        clock.now += 59
+        assert await sessions.from_cookie(cookie, "hr.example.gov") is not None
+    clock.now += 59  # 295 + 59 s after sign-in: past the absolute limit although never idle
+    assert await sessions.from_cookie(cookie, "hr.example.gov") is None
+
+
+async def test_revocation_by_session_idp_session_and_user(kv: KV) -> None:
+    sessions = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600)
+    a, cookie_a = await _create(sessions, host="hr.example.gov", idp_sid="idp-1")
+    b, cookie_b = await _create(sessions, host="grid.example.gov", idp_sid="idp-1")
+    c, cookie_c = await _create(sessions, host="hr.example.gov", idp_sid="idp-2")
+    d, cookie_d = await _create(sessions, host="hr.example.gov", idp_sid=None, sub="s-2")
+
+    ended = await sessions.revoke_idp_session("idp-1")
+    assert sorted(s.sid for s in ended) == sorted([a, b])
+    assert await sessions.from_cookie(cookie_a, "hr.example.gov") is None
+    assert await sessions.from_cookie(cookie_b, "grid.example.gov") is None
+    assert await sessions.from_cookie(cookie_c, "hr.example.gov") is not None
+
+    assert [s.sid for s in await sessions.revoke_user("s-1")] == [c]
+    assert await sessions.from_cookie(cookie_c, "hr.example.gov") is None
+    assert await sessions.from_cookie(cookie_d, "hr.example.gov") is not None
+    assert (await sessions.revoke(d)) is not None
+    assert await sessions.from_cookie(cookie_d, "hr.example.gov") is None
+    assert await sessions.revoke(d) is None
+
+
+async def test_another_process_sees_a_revocation_within_a_second(redis_url: str, redis_prefix: str) -> None:
+    """Two stores on one Redis, as two gateway processes: the second caches the session, the
+    first revokes it; the announcement reaches the second at once."""
+    kv_a, kv_b = RedisKV(redis_url, prefix=redis_prefix), RedisKV(redis_url, prefix=redis_prefix)
+    one = GatewaySessions(kv_a, idle_timeout=600, absolute_timeout=3600)
+    two = GatewaySessions(kv_b, idle_timeout=600, absolute_timeout=3600)
+    two.start()
+    try:
+        await asyncio.sleep(0.2)  # subscribed
+        sid, cookie = await _create(one)
+        assert await two.from_cookie(cookie, "hr.example.gov") is not None  # now cached in two
+        await one.revoke(sid)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while await two.from_cookie(cookie, "hr.example.gov") is not None:
+            assert loop.time() - started < CACHE_SECONDS, "the revocation was not seen within a second"
+            await asyncio.sleep(0.01)
+        assert loop.time() - started < 0.5  # the message, not the cache expiry, did it
+    finally:
+        await two.stop()
+        await kv_a.close()
+        await kv_b.close()
+
+
+async def test_without_the_announcement_the_cache_still_expires_within_a_second() -> None:
+    kv = MemoryKV()
+    clock = Clock()
+    one = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)
+    two = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)  # not following
+    sid, cookie = await _create(one)
+    assert await two.from_cookie(cookie, "hr.example.gov") is not None
+    await one.revoke(sid)
+    assert await two.from_cookie(cookie, "hr.example.gov") is not None  # cached
+    clock.now += CACHE_SECONDS
+    assert await two.from_cookie(cookie, "hr.example.gov") is None
