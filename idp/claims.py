@@ -8,7 +8,8 @@ Scopes and the claims they release::
     email        email
     phone        phone_number
     groups       groups (group names)
-    department   department (name), department_code
+    department   department (name), department_code, departments (codes: the department and
+                 every one above it, nearest first; what access policies match on)
     offline_access   no claim: refresh tokens that outlive the SSO session (see idp.tokens)
 
 The ``claims`` parameter may ask for single claims in the ID token or at userinfo. A claim
@@ -50,7 +51,7 @@ SCOPE_CLAIMS: Mapping[str, tuple[str, ...]] = {
     "email": ("email",),
     "phone": ("phone_number",),
     "groups": ("groups",),
-    "department": ("department", "department_code"),
+    "department": ("department", "department_code", "departments"),
     "offline_access": (),
 }
 SCOPES_SUPPORTED = tuple(SCOPE_CLAIMS)
@@ -79,6 +80,8 @@ class UserProfile(Protocol):
     def department(self) -> str | None: ...
     @property
     def department_code(self) -> str | None: ...
+    @property
+    def departments(self) -> tuple[str, ...]: ...
     @property
     def groups(self) -> Collection[str]: ...
     @property
@@ -161,6 +164,7 @@ def user_claims(profile: UserProfile, scopes: Iterable[str], extra: Iterable[str
         "groups": sorted(profile.groups),
         "department": profile.department,
         "department_code": profile.department_code,
+        "departments": list(profile.departments) if profile.departments else None,
     }
     wanted = {"sub", *extra}
     for scope in scopes:

@@ -200,6 +200,7 @@ class Directory:
         if not rows:
             return None
         first = rows[0]
+        chain = await self.department_chain(first.department_code) if first.department_code else ()
         return UserProfile(
             sub=first.sub,
             username=first.username,
@@ -210,6 +211,7 @@ class Directory:
             department_code=first.department_code,
             groups=tuple(row.group for row in rows if row.group is not None),
             status=UserStatus(first.status),
+            departments=chain,
         )
 
     async def profile_by_sub(self, sub: str) -> UserProfile | None:
@@ -632,6 +634,19 @@ class Directory:
             )
 
         return build(None, frozenset())
+
+    async def department_chain(self, code: str) -> tuple[str, ...]:
+        """``code`` and the codes above it, nearest first (what access policies match on)."""
+        query = select(Department.id, Department.code, Department.parent_id)
+        async with self._sessions() as s:
+            rows = {row.id: row for row in (await s.execute(query)).all()}
+        by_code = {row.code: row for row in rows.values()}
+        node = by_code.get(code)
+        chain: list[str] = []
+        while node is not None and len(chain) <= len(rows):
+            chain.append(node.code)
+            node = rows.get(node.parent_id) if node.parent_id is not None else None
+        return tuple(chain)
 
     async def department_path(self, code: str, *, separator: str = " / ") -> str:
         """The names from the top of the tree down: "市政府 / 市人力资源和社会保障局"."""

@@ -44,6 +44,8 @@ class UserProfile:
     department_code: str | None
     groups: tuple[str, ...]
     status: UserStatus
+    # The department's code and the codes of every department above it, nearest first.
+    departments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -352,7 +352,7 @@ async def test_verify_rehashes_hashes_made_with_older_parameters(engine: AsyncEn
 # -- profile ----------------------------------------------------------------------------------
 
 
-async def test_profile_in_one_query(directory: Directory, engine: AsyncEngine) -> None:
+async def test_profile_in_two_queries(directory: Directory, engine: AsyncEngine) -> None:
     user = await directory.add_user(
         username="wangfang",
         display_name="王芳",
@@ -371,7 +371,8 @@ async def test_profile_in_one_query(directory: Directory, engine: AsyncEngine) -
         profile = await directory.profile(user.id)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    # The user with department and groups, then the department tree for the chain.
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
     assert profile == UserProfile(
         sub=user.sub,
         username="wangfang",
@@ -382,6 +383,7 @@ async def test_profile_in_one_query(directory: Directory, engine: AsyncEngine) -
         department_code="hrss",
         groups=("hr-admins", "ops-duty"),
         status=UserStatus.ACTIVE,
+        departments=("hrss", "city"),
     )
     assert await directory.profile_by_sub(user.sub) == profile
     assert await directory.profile(999_999) is None

@@ -21,6 +21,7 @@ class Profile:
     department_code: str | None = "zwfw"
     groups: tuple[str, ...] = ("approvers", "staff")
     status: str = "active"
+    departments: tuple[str, ...] = ("zwfw", "city")
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,10 @@ class Profile:
         (["openid"], {"sub"}),
         (["openid", "profile"], {"sub", "name", "preferred_username"}),
         (["openid", "email", "phone"], {"sub", "email"}),  # no phone number on file: left out
-        (["openid", "groups", "department"], {"sub", "groups", "department", "department_code"}),
+        (
+            ["openid", "groups", "department"],
+            {"sub", "groups", "department", "department_code", "departments"},
+        ),
         (["openid", "offline_access"], {"sub"}),
     ],
 )
