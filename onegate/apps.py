@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.web import N_, create_web_app
 from onegate.bootstrap import CSRF_KEY_NAME
+from onegate.gateway_app import build_gateway_app
 from onegate.hosts import HostRouter
 from onegate.idp_app import build_idp_app, default_issuer
 from onegate.runtime import Runtime
@@ -65,14 +66,22 @@ def role_app(runtime: Runtime, role: str) -> Starlette:
 class _Lifespan:
     """Start and stop what runs in the background: the event bus, back-channel deliveries."""
 
-    def __init__(self, runtime: Runtime, closers: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
+        starters: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
         self._runtime = runtime
         self._closers = closers
+        self._starters = starters
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
         await self._runtime.bus.start()
         try:
+            for start in self._starters:
+                await start()
             yield
         finally:
             for close in self._closers:
@@ -89,16 +98,27 @@ class _Lifespan:
 
 
 def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
-    """The ASGI app serving ``role`` (one of :data:`ROLES`); ``port`` is the public port."""
+    """The ASGI app serving ``role`` (one of :data:`ROLES`); ``port`` is the public port.
+
+    The gateway serves the hosts of ``gateway.routes`` (and ``/.onegate/`` everywhere); requests
+    for ``localhost`` or an address go to the role's portal page and health endpoints.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    if role in ("idp", "all"):
-        idp = build_idp_app(runtime, issuer=runtime.settings.idp.issuer or default_issuer(port))
-        if role == "idp":
-            return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close]))
+    issuer = runtime.settings.idp.issuer or default_issuer(port)
+    if role == "idp":
+        idp = build_idp_app(runtime, issuer=issuer)
+        return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close]))
+    if role == "soc":
+        return HostRouter({}, default=role_app(runtime, role), lifespan=_Lifespan(runtime))
+    gateway = build_gateway_app(runtime, issuer=issuer, port=port, fallback=role_app(runtime, "gateway"))
+    if role == "gateway":
         return HostRouter(
-            {"idp": idp.app, "soc": role_app(runtime, "soc")},
-            default=role_app(runtime, "gateway"),
-            lifespan=_Lifespan(runtime, [idp.close]),
+            {}, default=gateway.app, lifespan=_Lifespan(runtime, [gateway.close], [gateway.start])
         )
-    return HostRouter({}, default=role_app(runtime, role), lifespan=_Lifespan(runtime))
+    idp = build_idp_app(runtime, issuer=issuer)
+    return HostRouter(
+        {"idp": idp.app, "soc": role_app(runtime, "soc")},
+        default=gateway.app,
+        lifespan=_Lifespan(runtime, [gateway.close, idp.close], [gateway.start]),
+    )

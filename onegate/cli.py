@@ -108,7 +108,7 @@ def serve(
     if role not in ROLES:
         raise fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     settings = settings_from(data_dir, config, **{"server.port": port, "server.host": host})
-    run(run_server(settings, role=role))
+    run(run_server(settings, role=role), server=True)
 
 
 @app.command()
@@ -121,7 +121,7 @@ def demo(
     from onegate.launch import run_demo
 
     settings = settings_from(data_dir, config, **{"server.port": port})
-    run(run_demo(settings))
+    run(run_demo(settings), server=True)
 
 
 @keys_app.command("list")

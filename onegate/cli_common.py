@@ -88,8 +88,15 @@ def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) 
     return settings
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
+    """Run ``coro`` to completion; start-up problems become one line. ``server``: on uvloop,
+    the event loop the servers are measured on (about twice the requests per core)."""
     try:
+        if server:
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(coro)
         return asyncio.run(coro)
     except StartupError as e:
         raise fail(str(e)) from None

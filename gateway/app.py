@@ -1,0 +1,636 @@
+"""The identity-aware reverse proxy: every request decided afresh, then forwarded or refused.
+
+For each HTTP request to an application host (:mod:`gateway.routes`):
+
+1. the path is canonicalised once from the raw request target (:func:`policy.normalize.
+   canonical_path`); the same canonical path is decided on and forwarded (a path that cannot be
+   made unambiguous is refused with 400);
+2. the session cookie is looked up (:mod:`gateway.sessions`: revocation is seen on the next
+   request), the user's risk score read (:mod:`gateway.risk`), and the policy decides
+   (:meth:`policy.engine.PolicyEngine.decide`, the engine the watcher keeps current);
+3. allowed: the request goes upstream with client-sent identity and forwarding headers removed
+   and the gateway's own set (:mod:`gateway.headers`), bodies streamed both ways; a user without a
+   session is sent to sign in; a step-up goes back to the IdP with ``acr_values`` / ``max_age``;
+   anything else gets the deny page (zh/en, request id, the rules' descriptions; no internals);
+4. one ECS access event per request is emitted after the response has gone out.
+
+Paths under ``/.onegate/`` on every host belong to the gateway itself (sign-in callback,
+logout, back-channel logout, forward-auth, JWKS, static files): the *control* app, a Starlette
+app with OneGate's usual middleware, handles them, and the deny / sign-in / error pages too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.events import Category, Event, EventEmitter, Outcome
+from core.kv import KVError
+from core.logging import get_logger
+from core.net import TrustedProxies, client_address
+from gateway.assertion import AssertionIssuer, Identity
+from gateway.headers import FORWARDING, HOP_BY_HOP, connection_tokens, is_identity, strip_cookie
+from gateway.risk import RiskScores
+from gateway.routes import Route, RouteTable, host_of
+from gateway.sessions import GatewaySession, GatewaySessions
+from gateway.upstream import UpstreamError, UpstreamPool
+from policy.engine import PolicyEngine
+from policy.model import Decision, Effect, Request
+from policy.normalize import PathRejected, canonical_path
+
+__all__ = ["CONTROL_PREFIX", "Gateway", "GatewayOptions", "PageInfo", "Verdict", "login_url"]
+
+_log = get_logger("onegate.gateway")
+
+CONTROL_PREFIX = "/.onegate"
+_CONTROL = b"/.onegate/"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_NAVIGATION = frozenset({"GET", "HEAD"})
+# Hosts the gateway answers on for its own pages (portal, health) when no route names them.
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    cookie_name: str = "onegate_gw"
+    https: bool = False
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    max_body_bytes: int | None = None
+
+    @property
+    def cookie(self) -> str:
+        """The session cookie's name: ``__Host-`` prefixed when served over TLS (RFC 6265bis
+        §4.1.3.2: host-only, Path=/, Secure — another host cannot plant it)."""
+        return f"__Host-{self.cookie_name}" if self.https else self.cookie_name
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """What the control app needs to render a page for a request the proxy did not forward
+    (``scope["state"]["gateway"]``)."""
+
+    # denied | sign_in | step_up | bad_path | unknown_host | no_route | upstream | too_large |
+    # bad_request | unavailable
+    kind: str
+    status: int
+    request_id: str
+    app: str | None = None
+    decision: Decision | None = None
+    reason: str | None = None
+    login: str | None = None  # where to sign in / step up
+    descriptions: tuple[str, ...] = ()
+
+
+def login_url(return_to: str, decision: Decision | None = None) -> str:
+    """The gateway's sign-in start for ``return_to`` (a path on the same host), asking for what
+    a step-up decision names."""
+    url = f"{CONTROL_PREFIX}/start?rd={quote(return_to, safe='')}"
+    if decision is not None and decision.step_up is not None:
+        if decision.step_up.acr:
+            url += f"&acr={quote(decision.step_up.acr, safe='')}"
+        if decision.step_up.max_age is not None:
+            url += f"&max_age={decision.step_up.max_age}"
+    return url
+
+
+def _request_id() -> str:
+    return os.urandom(8).hex()
+
+
+class _Body:
+    """The client's request body as an async iterator of chunks (ASGI ``http.request``),
+    refusing more than ``limit`` bytes; ``received`` counts what came."""
+
+    def __init__(self, receive: Receive, limit: int | None) -> None:
+        self._receive = receive
+        self._limit = limit
+        self.received = 0
+        self.disconnected = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise UpstreamError("closed", "the client went away")
+            chunk = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self._limit is not None and self.received > self._limit:
+                    raise _TooLarge
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Gateway:
+    """The gateway's ASGI app (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteTable,
+        sessions: GatewaySessions,
+        engine: Callable[[], PolicyEngine],
+        pool: Callable[[Route], UpstreamPool],
+        assertions: AssertionIssuer,
+        risk: RiskScores,
+        events: EventEmitter,
+        control: ASGIApp | None = None,
+        fallback: ASGIApp | None = None,
+        options: GatewayOptions | None = None,
+        websocket: Callable[..., Awaitable[None]] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.sessions = sessions
+        self._engine = engine
+        self._pool_for = pool
+        self.assertions = assertions
+        self._risk = risk
+        self._events = events
+        self._control: ASGIApp = control or _not_found
+        self._fallback = fallback
+        self.options = options or GatewayOptions()
+        self._cookie = self.options.cookie.encode()
+        self._websocket = websocket
+
+    def set_control(self, control: ASGIApp) -> None:
+        """The app for ``/.onegate/`` and the gateway's pages (built after the gateway, since its
+        endpoints need it)."""
+        self._control = control
+
+    # -- entry -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in {"http", "websocket"}:
+            await self._request(scope, receive, send)
+        elif self._fallback is not None:
+            await self._fallback(scope, receive, send)
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        raw = scope.get("raw_path") or scope["path"].encode()
+        if raw.startswith(_CONTROL) or raw == CONTROL_PREFIX.encode():
+            await self._to_control(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        host_values = [v for n, v in headers if n == b"host"]
+        host = host_of(host_values[0]) if len(host_values) == 1 else None
+        if host is None or host not in self.routes:
+            if self._fallback is not None and host in _LOCAL_HOSTS:
+                await self._fallback(scope, receive, send)
+                return
+            kind = "bad_request" if host is None else "unknown_host"
+            await self._page(
+                scope, receive, send, PageInfo(kind, 400 if host is None else 421, _request_id())
+            )
+            return
+        verdict = await self.authorize(
+            host,
+            raw,
+            scope.get("method", "GET"),
+            self.cookie_value(headers),
+            client_address(scope, self.options.trusted_proxies),
+        )
+        if verdict.page is not None:
+            await self._page(scope, receive, send, verdict.page)
+            return
+        route, session, decision = verdict.route, verdict.session, verdict.decision
+        assert route is not None and decision is not None  # noqa: S101 - authorize's contract
+        access = _Access(
+            scope,
+            route,
+            session,
+            verdict.ip,
+            verdict.path,
+            decision,
+            verdict.risk,
+            verdict.request_id,
+            started,
+        )
+        if decision.effect is Effect.ALLOW:
+            if scope["type"] == "websocket":
+                await self._forward_websocket(scope, receive, send, verdict)
+                access.status = 101
+            else:
+                await self._forward(scope, receive, send, verdict, access)
+        else:
+            access.status = await self._refuse(scope, receive, send, verdict)
+        self._emit(access)
+
+    async def authorize(
+        self, host: str, raw_path: bytes, method: str, cookie: str | None, ip: str
+    ) -> Verdict:
+        """Decide one request: for the proxy and for forward-auth alike. ``raw_path`` is the
+        request target's path as sent (percent-encoded), without the query."""
+        request_id = _request_id()
+        try:
+            path = canonical_path(raw_path)
+        except PathRejected as e:
+            return Verdict(request_id, ip, page=PageInfo("bad_path", 400, request_id, reason=e.reason.value))
+        route = self.routes.match(host, path.key)
+        if route is None:
+            return Verdict(request_id, ip, page=PageInfo("no_route", 404, request_id))
+        try:
+            session = await self.sessions.from_cookie(cookie, host)
+            risk = await self._risk.score(session.username) if session is not None else 0
+        except KVError as e:
+            _log.error("session store unavailable", error=str(e), request_id=request_id)
+            return Verdict(request_id, ip, page=PageInfo("unavailable", 503, request_id, route.app))
+        request = Request(
+            app=route.app,
+            path=path.key,
+            method=method,
+            user=session.username if session else None,
+            groups=frozenset(session.groups) if session else frozenset(),
+            departments=session.departments if session else (),
+            roles=frozenset(session.roles) if session else frozenset(),
+            acr=session.acr if session else None,
+            auth_time=session.auth_time if session else None,
+            ip=_ip(ip),
+            now=time.time(),
+            risk=risk,
+        )
+        engine = self._engine()
+        return Verdict(request_id, ip, route, session, engine.decide(request), engine, path.path, risk)
+
+    def cookie_value(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        wanted = self._cookie
+        for name, value in headers:
+            if name == b"cookie":
+                for part in value.split(b";"):
+                    key, eq, val = part.strip().partition(b"=")
+                    if eq and key == wanted:
+                        return val.decode("latin-1")
+        return None
+
+    # -- refusing ----------------------------------------------------------------------------
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> int:
+        info = verdict.refusal(_return_to(scope))
+        if (
+            info.login is not None
+            and scope["type"] == "http"
+            and scope.get("method") in _NAVIGATION
+            and _accepts_html(scope["headers"])
+        ):
+            await _redirect(send, info.login)
+            return 302
+        await self._page(scope, receive, send, info)
+        return info.status
+
+    async def _page(self, scope: Scope, receive: Receive, send: Send, info: PageInfo) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008 if info.status in (401, 403) else 1011})
+            return
+        state = dict(scope.get("state") or {})
+        state["gateway"] = info
+        # Rendered by the control app whatever the path; as a GET, so that a refused POST gets
+        # its page rather than a CSRF refusal.
+        await self._control(dict(scope, method="GET", root_path=CONTROL_PREFIX, state=state), receive, send)
+
+    async def _to_control(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = dict(scope.get("state") or {})
+        state.pop("gateway", None)  # a client cannot hand the page renderer its own decision
+        await self._control(dict(scope, root_path=CONTROL_PREFIX, state=state), receive, send)
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    def upstream_headers(
+        self, scope: Scope, verdict: Verdict, host_header: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """The headers sent upstream: the client's minus hop-by-hop, identity and (unless from a
+        trusted proxy) forwarding headers; plus Host, X-Forwarded-*, X-Request-ID and identity."""
+        route, session, ip, request_id = verdict.route, verdict.session, verdict.ip, verdict.request_id
+        assert route is not None  # noqa: S101 - only decided requests are forwarded
+        client_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        dropped = HOP_BY_HOP | connection_tokens(client_headers)
+        peer = scope.get("client")
+        trusted = peer is not None and str(peer[0]) in self.options.trusted_proxies
+        forwarded_for: list[bytes] = []
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in client_headers:
+            if name in dropped or name == b"host" or is_identity(name) or name == b"x-request-id":
+                continue
+            if name in FORWARDING:
+                if trusted and name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                continue
+            if name == b"cookie":
+                kept = strip_cookie(value, self._cookie)
+                if kept:
+                    out.append((name, kept))
+                continue
+            out.append((name, value))
+        if route.preserve_host or route.origin is None:
+            out.append((b"host", host_header))
+        else:
+            origin = route.origin
+            out.append((b"host", origin.authority.encode()))
+        peer_ip = str(peer[0]) if peer else ip
+        forwarded_for.append(peer_ip.encode())
+        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+        out.append(
+            (b"x-forwarded-proto", b"https" if self.options.https else scope.get("scheme", "http").encode())
+        )
+        out.append((b"x-forwarded-host", host_header))
+        out.append((b"x-request-id", request_id.encode()))
+        if session is not None:
+            out.extend(self.identity_headers(session, route.app))
+        return out
+
+    def identity_headers(self, session: GatewaySession, app: str) -> list[tuple[bytes, bytes]]:
+        identity = Identity(
+            sub=session.sub,
+            username=session.username,
+            name=session.name,
+            groups=session.groups,
+            department=session.department,
+            departments=session.departments,
+            acr=session.acr,
+            amr=session.amr,
+            auth_time=int(session.auth_time),
+            sid=session.sid,
+        )
+        return [
+            (b"x-onegate-user", session.username.encode()),
+            (b"x-onegate-name", quote(session.name, safe=" ").encode()),
+            (b"x-onegate-groups", ",".join(session.groups).encode()),
+            (b"x-onegate-department", (session.department or "").encode()),
+            (b"x-onegate-assertion", self.assertions.issue(identity, app).encode()),
+        ]
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, access: _Access
+    ) -> None:
+        route, request_id = verdict.route, verdict.request_id
+        assert route is not None  # noqa: S101 - only decided requests are forwarded
+        origin = route.origin
+        if origin is None:  # forward-auth only: this app is not proxied here
+            await self._page(scope, receive, send, PageInfo("no_route", 404, request_id, route.app))
+            access.status = 404
+            return
+        host_header = next(v for n, v in scope["headers"] if n == b"host")
+        headers = self.upstream_headers(scope, verdict, host_header)
+        method: str = scope["method"]
+        query: bytes = scope.get("query_string", b"")
+        target = verdict.path.encode() + (b"?" + query if query else b"")
+        length = _content_length(scope["headers"])
+        if length == -1:  # the HTTP server checks framing first; never guess if one did not
+            await self._page(scope, receive, send, PageInfo("bad_request", 400, request_id, route.app))
+            access.status = 400
+            return
+        limit = self.options.max_body_bytes
+        if length is not None and limit is not None and length > limit:
+            await self._page(scope, receive, send, PageInfo("too_large", 413, request_id, route.app))
+            access.status = 413
+            return
+        body: _Body | bytes | None
+        has_body = length is not None or any(n == b"transfer-encoding" for n, _ in scope["headers"])
+        if has_body and length != 0:
+            body = _Body(receive, limit)
+            if length is not None:
+                headers.append((b"content-length", str(length).encode()))
+        else:
+            body = b"" if length == 0 else None
+            if length == 0:
+                headers.append((b"content-length", b"0"))
+        try:
+            response = await self._pool_for(route).send(
+                origin,
+                method,
+                target,
+                headers,
+                body,
+                idempotent=method in IDEMPOTENT,
+            )
+        except _TooLarge:
+            await self._page(scope, receive, send, PageInfo("too_large", 413, request_id, route.app))
+            access.status = 413
+            return
+        except UpstreamError as e:
+            if isinstance(body, _Body) and body.disconnected:
+                access.status = 499
+                return
+            status = 504 if e.kind == "timeout" else 502
+            _log.warning("upstream failed", app=route.app, kind=e.kind, request_id=request_id)
+            await self._page(
+                scope, receive, send, PageInfo("upstream", status, request_id, route.app, reason=e.kind)
+            )
+            access.status = status
+            return
+        access.status = response.status
+        out_headers = _response_headers(response.headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+        sent = 0
+        try:
+            async for chunk in response.chunks():
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except UpstreamError as e:  # the upstream broke off mid-body: the client sees it cut too
+            _log.warning("upstream body cut off", app=route.app, kind=e.kind, request_id=request_id)
+            access.outcome = Outcome.FAILURE
+        except OSError:  # the client went away
+            access.outcome = Outcome.FAILURE
+        finally:
+            await response.aclose()
+            access.bytes = sent
+
+    async def _forward_websocket(self, scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
+        route = verdict.route
+        assert route is not None  # noqa: S101 - only decided requests are forwarded
+        if route.origin is None or self._websocket is None:
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        host_header = next(v for n, v in scope["headers"] if n == b"host")
+        headers = self.upstream_headers(scope, verdict, host_header)
+        # The WebSocket handshake headers are the client library's to write.
+        skip = {
+            b"sec-websocket-key",
+            b"sec-websocket-version",
+            b"sec-websocket-extensions",
+            b"sec-websocket-protocol",
+        }
+        headers = [(n, v) for n, v in headers if n not in skip]
+        query: bytes = scope.get("query_string", b"")
+        target = verdict.path.encode() + (b"?" + query if query else b"")
+        await self._websocket(scope, receive, send, route.origin, target, headers)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _emit(self, access: _Access) -> None:
+        try:
+            self._events.emit(access.event())
+        except Exception as e:  # an event problem never fails a request
+            _log.error("access event not emitted", error=str(e))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`Gateway.authorize` decided. ``page`` is set when the request cannot even be
+    decided (bad path, no route, store down); otherwise ``decision`` says what to do."""
+
+    request_id: str
+    ip: str
+    route: Route | None = None
+    session: GatewaySession | None = None
+    decision: Decision | None = None
+    engine: PolicyEngine | None = None
+    path: str = ""
+    risk: int = 0
+    page: PageInfo | None = None
+
+    def refusal(self, return_to: str) -> PageInfo:
+        """The page for a decision that is not an allow: sign in, step up, or denied."""
+        decision, route = self.decision, self.route
+        app = route.app if route else None
+        if self.session is None:
+            return PageInfo("sign_in", 401, self.request_id, app, decision, login=login_url(return_to))
+        if decision is not None and decision.effect is Effect.STEP_UP:
+            return PageInfo(
+                "step_up", 401, self.request_id, app, decision, login=login_url(return_to, decision)
+            )
+        descriptions: tuple[str, ...] = ()
+        if decision is not None and self.engine is not None:
+            descriptions = tuple(
+                d for r in decision.rule_ids if (d := _description(self.engine, r)) is not None
+            )
+        return PageInfo("denied", 403, self.request_id, app, decision, descriptions=descriptions)
+
+
+@dataclass
+class _Access:
+    scope: Scope
+    route: Route
+    session: GatewaySession | None
+    ip: str
+    path: str
+    decision: Decision
+    risk: int
+    request_id: str
+    started: float
+    status: int = 0
+    bytes: int = 0
+    outcome: Outcome | None = None
+
+    def event(self) -> Event:
+        scope, session, decision = self.scope, self.session, self.decision
+        user_agent = next((v for n, v in scope["headers"] if n == b"user-agent"), b"")
+        fields: dict[str, Any] = {
+            "onegate.app": self.route.app,
+            "url.path": self.path,
+            "http.request.method": scope.get("method", "GET"),
+            "http.response.status_code": self.status,
+            "http.response.body.bytes": self.bytes,
+            "event.duration": int((time.perf_counter() - self.started) * 1e9),
+            "onegate.decision": decision.effect.value,
+            "onegate.rule_ids": list(decision.rule_ids),
+            "onegate.reason": decision.reason.value,
+            "onegate.risk": self.risk,
+            "trace.id": self.request_id,
+            "user_agent.original": user_agent.decode("latin-1")[:512],
+        }
+        if scope["type"] == "websocket":
+            fields["network.protocol"] = "websocket"
+        if self.ip:
+            fields["source.ip"] = self.ip
+        if session is not None:
+            fields.update(
+                {
+                    "user.name": session.username,
+                    "user.id": session.sub,
+                    "session.id": session.sid,
+                    "onegate.groups": list(session.groups),
+                    "onegate.departments": list(session.departments),
+                    "onegate.acr": session.acr,
+                    "onegate.auth_age": max(0, int(time.time() - session.auth_time)),
+                }
+            )
+            if session.roles:
+                fields["user.roles"] = list(session.roles)
+        outcome = self.outcome
+        if outcome is None:
+            outcome = (
+                Outcome.SUCCESS if decision.effect is Effect.ALLOW and self.status < 500 else Outcome.FAILURE
+            )
+        return Event("access", Category.WEB, outcome, fields=fields)
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not address:
+        return None
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+def _description(engine: PolicyEngine, rule_id: str) -> str | None:
+    rule = engine.bundle.rule(rule_id)
+    return rule.description if rule is not None and rule.description else None
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() and len(value) < 19 else -1
+    return None
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    dropped = HOP_BY_HOP | connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in dropped]
+
+
+def _return_to(scope: Scope) -> str:
+    """Where to come back to after signing in: this request's path and query (same host)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    target = raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def _accepts_html(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A browser navigation (redirect it) rather than an API call (give it a 401 to act on)."""
+    for name, value in headers:
+        if name == b"accept":
+            return b"text/html" in value or b"*/*" in value
+    return True
+
+
+async def _redirect(send: Send, location: str) -> None:
+    message: Message = {
+        "type": "http.response.start",
+        "status": 302,
+        "headers": [
+            (b"location", location.encode("latin-1")),
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"0"),
+        ],
+    }
+    await send(message)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})

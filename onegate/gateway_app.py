@@ -1,0 +1,233 @@
+"""Assemble the gateway role: routes, sessions, policy watcher, upstream pool, assertions, the
+OIDC relying party, and the control app for ``/.onegate/`` and the gateway's pages.
+
+With this deployment's own IdP (``gateway.issuer`` unset) the gateway registers itself as a
+first-party OIDC client at start-up (``gateway.client_id``): its secret is derived from a
+keyvault secret, so every gateway process of the deployment knows it without configuration, and
+its redirect URIs follow ``gateway.routes``. With another OIDC provider, register the gateway
+there (docs/gateway.md) and set ``gateway.issuer``, ``gateway.client_id`` and
+``gateway.client_secret``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route as WebRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.logging import get_logger
+from core.net import TrustedProxies
+from core.web import create_web_app
+from gateway.app import Gateway, GatewayOptions, PageInfo
+from gateway.assertion import AssertionIssuer
+from gateway.endpoints import ControlContext, control_routes, page
+from gateway.oidc import OidcClient
+from gateway.risk import RiskScores
+from gateway.routes import Route, RouteTable
+from gateway.sessions import GatewaySessions
+from gateway.upstream import UpstreamPool
+from gateway.websocket import bridge
+from idp.clients.services import ClientRegistry
+from onegate.bootstrap import CSRF_KEY_NAME
+from onegate.runtime import Runtime
+from policy.versions import PolicyStore, PolicyWatcher
+
+__all__ = ["GATEWAY_SCOPES", "GatewayApp", "build_gateway_app", "gateway_redirect_uris"]
+
+_log = get_logger("onegate.gateway")
+
+GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
+SECRET_NAME = "gateway-oidc-client-secret"  # noqa: S105 - the name of a keyvault secret
+GATEWAY_SCOPES = ("openid", "profile", "email", "groups", "department")
+
+
+class _PageMiddleware:
+    """Innermost in the control app: a request the proxy refused carries its ``PageInfo`` in
+    ``scope["state"]["gateway"]`` and is rendered here, whatever its path (so the language
+    switch on the page links back to the same address)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and isinstance(scope.get("state", {}).get("gateway"), PageInfo):
+            response = await page(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _home(_request: Request) -> Response:
+    return RedirectResponse("/", status_code=302)
+
+
+def gateway_redirect_uris(routes: RouteTable, *, https: bool, port: int) -> list[str]:
+    """The callback URI of every routed host, with and without the server's port (a gateway
+    behind a TLS proxy is reached on the default port, the demo on its own)."""
+    scheme = "https" if https else "http"
+    uris: list[str] = []
+    for host in routes.hosts():
+        uris.append(f"{scheme}://{host}/.onegate/callback")
+        if port not in (0, 80, 443):
+            uris.append(f"{scheme}://{host}:{port}/.onegate/callback")
+    return uris
+
+
+@dataclass
+class GatewayApp:
+    app: ASGIApp
+    gateway: Gateway
+    context: ControlContext
+    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        for begin in self.starters:
+            await begin()
+
+    async def close(self) -> None:
+        for end in self.closers:
+            with contextlib.suppress(Exception):
+                await end()
+
+
+async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, secret: str) -> None:
+    """Make sure the built-in IdP knows the gateway as a client, with today's callback URIs."""
+    settings = runtime.settings
+    options = settings.gateway
+    registry = ClientRegistry(runtime.sessions, runtime.vault.secrets, events=runtime.bus)
+    redirect_uris = gateway_redirect_uris(routes, https=settings.server.https, port=port) or [
+        "http://localhost/.onegate/callback"
+    ]
+    backchannel = (
+        f"https://{routes.hosts()[0]}/.onegate/backchannel-logout"
+        if settings.server.https and routes.hosts()
+        else f"http://127.0.0.1:{port}/.onegate/backchannel-logout"
+    )
+    client = await registry.get(options.client_id, include_disabled=True)
+    if client is None:
+        await registry.add(
+            name="统一访问网关",
+            name_en="OneGate access gateway",
+            client_id=options.client_id,
+            redirect_uris=redirect_uris,
+            scopes=GATEWAY_SCOPES,
+            first_party=True,
+            backchannel_logout_uri=backchannel,
+            actor="onegate-gateway",
+        )
+        await registry.rotate_secret(options.client_id, secret=secret, actor="onegate-gateway")
+        return
+    if list(client.redirect_uris) != redirect_uris or client.backchannel_logout_uri != backchannel:
+        await registry.update(
+            options.client_id,
+            redirect_uris=redirect_uris,
+            backchannel_logout_uri=backchannel,
+            actor="onegate-gateway",
+        )
+    if not registry.verify_secret(client, secret):
+        await registry.rotate_secret(options.client_id, secret=secret, actor="onegate-gateway")
+
+
+def build_gateway_app(
+    runtime: Runtime, *, issuer: str, port: int, fallback: ASGIApp | None = None
+) -> GatewayApp:
+    """The gateway for ``runtime``; ``issuer``: this deployment's IdP; ``port``: the public port."""
+    settings = runtime.settings
+    options = settings.gateway
+    routes = RouteTable.from_settings(options.routes)
+    sessions = GatewaySessions(
+        runtime.kv,
+        idle_timeout=options.session_idle_timeout,
+        absolute_timeout=options.session_absolute_timeout,
+    )
+    store = PolicyStore(runtime.sessions, runtime.kv, runtime.bus)
+    watcher = PolicyWatcher(store, runtime.kv)
+    pools = {
+        (r.connect_timeout, r.read_timeout): UpstreamPool(
+            connect_timeout=r.connect_timeout, read_timeout=r.read_timeout
+        )
+        for r in routes.all()
+    }
+    default_pool = UpstreamPool()
+
+    def pool_for(route: Route) -> UpstreamPool:
+        return pools.get((route.connect_timeout, route.read_timeout), default_pool)
+
+    builtin = options.issuer is None
+    secret = options.client_secret
+    if secret is None:
+        raw = runtime.vault.secrets.get_or_create(SECRET_NAME)
+        secret = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    provider = (options.issuer or issuer).rstrip("/")
+    oidc = OidcClient(
+        issuer=provider, client_id=options.client_id, client_secret=secret, scopes=GATEWAY_SCOPES
+    )
+    assertions = AssertionIssuer(
+        runtime.vault.signing, issuer=issuer.rstrip("/"), lifetime=options.assertion_lifetime
+    )
+    gateway_options = GatewayOptions(
+        cookie_name=options.cookie_name,
+        https=settings.server.https,
+        trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
+        max_body_bytes=options.max_body_bytes,
+    )
+    gateway = Gateway(
+        routes=routes,
+        sessions=sessions,
+        engine=lambda: watcher.engine,
+        pool=pool_for,
+        assertions=assertions,
+        risk=RiskScores(runtime.kv),
+        events=runtime.bus,
+        fallback=fallback,
+        options=gateway_options,
+        websocket=bridge,
+    )
+    control = create_web_app(
+        name="gateway",
+        routes=[*control_routes(), WebRoute("/", _home, methods=["GET"])],
+        csrf_secret=runtime.vault.secrets.get_or_create(CSRF_KEY_NAME),
+        readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
+        template_dirs=[GATEWAY / "templates"],
+        locale_dirs=[GATEWAY / "locale"],
+        default_locale=settings.web.default_locale,
+        https=settings.server.https,
+        csrf_exempt_paths=("/backchannel-logout", "/auth", "/_page"),
+        extra_middleware=[Middleware(_PageMiddleware)],
+    )
+    context = ControlContext(
+        gateway=gateway, oidc=oidc, kv=runtime.kv, keyring=runtime.vault.signing, events=runtime.bus
+    )
+    control.state.gateway = context
+    gateway.set_control(control)
+
+    async def start() -> None:
+        if builtin:
+            try:
+                await _register_client(runtime, routes, port=port, secret=secret)
+            except Exception as e:  # the gateway still starts; sign-in reports the problem
+                _log.error("gateway client not registered at the IdP", error=str(e))
+        await watcher.start()
+        sessions.start()
+
+    async def close() -> None:
+        await sessions.stop()
+        await watcher.stop()
+        for pool in [*pools.values(), default_pool]:
+            await pool.close()
+        await oidc.close()
+
+    return GatewayApp(app=gateway, gateway=gateway, context=context, starters=[start], closers=[close])
+
+
+async def _no_fallback(scope: Scope, receive: Receive, send: Send) -> None:
+    await Response(status_code=404)(scope, receive, send)
