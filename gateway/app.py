@@ -43,7 +43,7 @@ from gateway.sessions import GatewaySession, GatewaySessions
 from gateway.upstream import UpstreamError, UpstreamPool
 from policy.engine import PolicyEngine
 from policy.model import Decision, Effect, Request
-from policy.normalize import PathRejected, canonical_path
+from policy.normalize import CanonicalPath, PathRejected, canonical_path
 
 __all__ = ["CONTROL_PREFIX", "Gateway", "GatewayOptions", "PageInfo", "Verdict", "login_url"]
 
@@ -54,6 +54,8 @@ _CONTROL = b"/.onegate/"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NAVIGATION = frozenset({"GET", "HEAD"})
 # Hosts the gateway answers on for its own pages (portal, health) when no route names them.
+_IDENTITY_CACHE = 100_000
+_PATH_CACHE = 10_000
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -164,6 +166,8 @@ class Gateway:
         self.options = options or GatewayOptions()
         self._cookie = self.options.cookie.encode()
         self._websocket = websocket
+        self._identities: dict[str, tuple[GatewaySession, Identity, list[tuple[bytes, bytes]]]] = {}
+        self._paths: dict[bytes, CanonicalPath | PathRejected] = {}
 
     def set_control(self, control: ASGIApp) -> None:
         """The app for ``/.onegate/`` and the gateway's pages (built after the gateway, since its
@@ -236,10 +240,18 @@ class Gateway:
         """Decide one request: for the proxy and for forward-auth alike. ``raw_path`` is the
         request target's path as sent (percent-encoded), without the query."""
         request_id = _request_id()
-        try:
-            path = canonical_path(raw_path)
-        except PathRejected as e:
-            return Verdict(request_id, ip, page=PageInfo("bad_path", 400, request_id, reason=e.reason.value))
+        path = self._paths.get(raw_path)
+        if path is None:
+            try:
+                path = canonical_path(raw_path)
+            except PathRejected as e:
+                path = e
+            if len(self._paths) >= _PATH_CACHE:
+                self._paths.clear()
+            self._paths[raw_path] = path
+        if isinstance(path, PathRejected):
+            page = PageInfo("bad_path", 400, request_id, reason=path.reason.value)
+            return Verdict(request_id, ip, page=page)
         route = self.routes.match(host, path.key)
         if route is None:
             return Verdict(request_id, ip, page=PageInfo("no_route", 404, request_id))
@@ -352,6 +364,25 @@ class Gateway:
         return out
 
     def identity_headers(self, session: GatewaySession, app: str) -> list[tuple[bytes, bytes]]:
+        """The identity headers for ``app``: built once per session object (the session cache
+        hands out the same object for a second), the assertion reused by the issuer."""
+        cached = self._identities.get(session.sid)
+        if cached is None or cached[0] is not session:
+            identity, plain = self._identity_of(session)
+            if len(self._identities) >= _IDENTITY_CACHE:
+                self._identities.clear()
+            self._identities[session.sid] = (session, identity, plain)
+        else:
+            identity, plain = cached[1], cached[2]
+        return [*plain, (b"x-onegate-assertion", self.assertions.issue(identity, app).encode())]
+
+    def forget(self, sid: str) -> None:
+        """Drop what is cached for a session that ended (its assertions among it)."""
+        self._identities.pop(sid, None)
+        self.assertions.forget(sid)
+
+    @staticmethod
+    def _identity_of(session: GatewaySession) -> tuple[Identity, list[tuple[bytes, bytes]]]:
         identity = Identity(
             sub=session.sub,
             username=session.username,
@@ -364,12 +395,11 @@ class Gateway:
             auth_time=int(session.auth_time),
             sid=session.sid,
         )
-        return [
+        return identity, [
             (b"x-onegate-user", session.username.encode()),
             (b"x-onegate-name", quote(session.name, safe=" ").encode()),
             (b"x-onegate-groups", ",".join(session.groups).encode()),
             (b"x-onegate-department", (session.department or "").encode()),
-            (b"x-onegate-assertion", self.assertions.issue(identity, app).encode()),
         ]
 
     async def _forward(
@@ -566,13 +596,30 @@ class _Access:
             outcome = (
                 Outcome.SUCCESS if decision.effect is Effect.ALLOW and self.status < 500 else Outcome.FAILURE
             )
-        return Event("access", Category.WEB, outcome, fields=fields)
+        # The names and types above are fixed here; tests build this event through the checking
+        # constructor too (tests/gateway/test_app.py), so the request path skips the check.
+        return Event.prechecked("access", Category.WEB, outcome, fields)
 
 
 # -- small helpers -------------------------------------------------------------------------------
 
 
+_ADDRESSES: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
+
+
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as the policy sees it (IPv4-mapped IPv6 as IPv4), parsed once per address."""
+    cached = _ADDRESSES.get(address, _ADDRESSES)
+    if cached is not _ADDRESSES:
+        return cached  # type: ignore[return-value]
+    parsed = _parse_ip(address)
+    if len(_ADDRESSES) >= 65_536:
+        _ADDRESSES.clear()
+    _ADDRESSES[address] = parsed
+    return parsed
+
+
+def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not address:
         return None
     try:

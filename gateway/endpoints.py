@@ -245,7 +245,7 @@ async def callback(request: Request) -> Response:
         previous = await gateway.sessions.from_cookie(old, host)
         if previous is not None:
             await gateway.sessions.revoke(previous.sid)
-            gateway.assertions.forget(previous.sid)
+            gateway.forget(previous.sid)
     session, cookie = await gateway.sessions.create(
         host=host,
         sub=signin.sub,
@@ -297,7 +297,7 @@ async def logout(request: Request) -> Response:
     target: str | None = None
     if session is not None:
         await gateway.sessions.revoke(session.sid)
-        gateway.assertions.forget(session.sid)
+        gateway.forget(session.sid)
         _event(
             ctx, "gateway-logout", Outcome.SUCCESS, Category.SESSION,
             **{"user.name": session.username, "session.id": session.sid,
@@ -347,7 +347,7 @@ async def backchannel_logout(request: Request) -> Response:
     else:  # validate_logout_token guarantees one of them
         ended = []
     for session in ended:
-        gateway.assertions.forget(session.sid)
+        gateway.forget(session.sid)
     _event(
         ctx, "backchannel-logout", Outcome.SUCCESS, Category.SESSION,
         **{"onegate.sessions_ended": len(ended), "user.id": notice.sub},

@@ -1,0 +1,71 @@
+"""Unit checks of the proxy's pieces that the end-to-end tests do not isolate."""
+
+from __future__ import annotations
+
+import time
+
+from core.events import Event
+from gateway.app import _Access
+from gateway.routes import Route, RouteTable, host_of
+from gateway.sessions import GatewaySession
+from gateway.upstream import Origin
+from policy.model import Decision, Effect, Reason
+
+SESSION = GatewaySession(
+    sid="s1",
+    host="hr.example.gov",
+    sub="sub-1",
+    username="zhangwei",
+    name="张伟",
+    groups=("hr-staff",),
+    department="hrss",
+    departments=("hrss", "city"),
+    roles=("clerk",),
+    acr="urn:onegate:acr:mfa",
+    amr=("pwd", "otp"),
+    auth_time=time.time() - 30,
+    idp_sid="i1",
+    id_token="-",
+    created_at=time.time(),
+    last_seen=time.time(),
+    expires_at=time.time() + 60,
+    secret_hash="0" * 64,
+)
+ROUTE = Route(app="hr", hosts=("hr.example.gov",), origin=Origin.parse("http://127.0.0.1:9"), path_prefix="/")
+
+
+def _access(session: GatewaySession | None, kind: str = "http") -> _Access:
+    scope = {"type": kind, "method": "POST", "headers": [(b"user-agent", b"Mozilla/5.0")]}
+    decision = Decision(Effect.ALLOW, Reason.ALLOWED, ("hr-staff",))
+    access = _Access(scope, ROUTE, session, "10.1.2.3", "/people", decision, 10, "abcd", time.perf_counter())
+    access.status, access.bytes = 201, 512
+    return access
+
+
+def test_the_access_event_passes_the_checking_constructor() -> None:
+    """The request path builds its event unchecked; the same fields must pass the checks."""
+    for access in (_access(SESSION), _access(None), _access(SESSION, "websocket")):
+        event = access.event()
+        checked = Event(event.action, event.category, event.outcome, fields=dict(event.fields))
+        assert checked.fields == event.fields
+    fields = _access(SESSION).event().fields
+    assert fields["user.name"] == "zhangwei" and fields["onegate.rule_ids"] == ["hr-staff"]
+    assert fields["http.response.status_code"] == 201 and fields["source.ip"] == "10.1.2.3"
+    assert 25 <= fields["onegate.auth_age"] <= 60 and fields["onegate.departments"] == ["hrss", "city"]
+    assert "user.name" not in _access(None).event().fields
+
+
+def test_hosts_are_read_strictly() -> None:
+    assert host_of(b"HR.Example.gov:8443") == "hr.example.gov"
+    assert host_of(b"[::1]:80") == "[::1]"
+    for bad in (b"", b"a b", b"evil@hr.example.gov", b"hr.example.gov:x", b"[::1", b"hr/x", None):
+        assert host_of(bad) is None, bad
+
+
+def test_the_longest_prefix_wins_and_unknown_hosts_match_nothing() -> None:
+    api = Route(app="hr-api", hosts=("hr.example.gov",), origin=ROUTE.origin, path_prefix="/api")
+    table = RouteTable([ROUTE, api])
+    assert table.match("hr.example.gov", "/api/x") is api
+    assert table.match("hr.example.gov", "/apix") is ROUTE
+    assert table.match("other.example.gov", "/") is None
+    assert sorted(r.app for r in table.all()) == ["hr", "hr-api"]
