@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -46,6 +47,7 @@ _log = get_logger("onegate.gateway")
 
 GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 SECRET_NAME = "gateway-oidc-client-secret"  # noqa: S105 - the name of a keyvault secret
+MAX_REDIRECT_URIS = 20  # what the IdP accepts per client
 GATEWAY_SCOPES = ("openid", "profile", "email", "groups", "department")
 
 
@@ -113,6 +115,16 @@ async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, s
         else f"http://127.0.0.1:{port}/.onegate/backchannel-logout"
     )
     client = await registry.get(options.client_id, include_disabled=True)
+    if client is not None:
+        # Other gateway processes of the deployment may serve on other ports: keep their
+        # callbacks for the routed hosts too (newest first, within the IdP's limit).
+        hosts = set(routes.hosts())
+        kept = [
+            uri
+            for uri in client.redirect_uris
+            if uri not in redirect_uris and (urlsplit(uri).hostname or "") in hosts
+        ]
+        redirect_uris = [*redirect_uris, *kept][:MAX_REDIRECT_URIS]
     if client is None:
         await registry.add(
             name="统一访问网关",

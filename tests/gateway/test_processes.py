@@ -1,0 +1,171 @@
+"""Several gateway processes on one Redis, as in production: a session revoked through one is
+refused by the other on the very next request; and a gateway process streams a 1 GiB download
+and a 1 GiB upload without holding them in memory.
+
+One ``onegate serve --role all`` process (IdP and gateway A) and one ``onegate serve --role
+gateway`` process (gateway B) share the data dir and Redis (a key prefix of this run). A browser
+cookie is per host, not per port, so the same cookie reaches A and B — like two instances behind
+a load balancer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import requests
+
+from tests.e2e.conftest import IdpUser, LoopbackAdapter, free_port
+from tests.gateway.stack import GatewayStack
+from tests.gateway.upstreams import UpstreamServer
+from tests.onegate.conftest import ONEGATE
+
+POLICY = """
+version: 1
+apps:
+  hr:
+    hosts: [hr.localhost]
+    rules:
+      - {id: hr-staff, effect: allow, subjects: {departments: [hrss]}}
+"""
+GIB = 1 << 30
+
+
+class SecondGateway:
+    def __init__(self, stack: GatewayStack, root: Path) -> None:
+        self.port = free_port()
+        self.log_path = root / "gateway-b.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*ONEGATE, "serve", "--role", "gateway", "--port", str(self.port), "--host", "127.0.0.1"],
+            env=stack.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log_path.read_text()
+            time.sleep(0.05)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://hr.localhost:{self.port}{path}"
+
+    def rss(self, field: str) -> int:
+        """``VmRSS`` / ``VmHWM`` of the process, in bytes."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stacks(
+    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, redis_url: str
+) -> Iterator[tuple[GatewayStack, SecondGateway]]:
+    root = tmp_path_factory.mktemp("two")
+    prefix = f"onegate-test-{os.getpid()}-{time.monotonic_ns()}:"
+    stack = GatewayStack(
+        root,
+        {"hr": ("hr", upstream.url)},
+        policy=POLICY,
+        settings={"ONEGATE_KV__BACKEND": "redis", "ONEGATE_KV__URL": redis_url, "ONEGATE_KV__PREFIX": prefix},
+    ).start()
+    second = None
+    try:
+        second = SecondGateway(stack, root)
+        yield stack, second
+    finally:
+        if second is not None:
+            second.stop()
+        stack.stop()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def zhangwei(stacks: tuple[GatewayStack, SecondGateway]) -> IdpUser:
+    return stacks[0].add_user(name="张伟", department="hrss", groups=["hr-staff"])
+
+
+def test_a_session_revoked_at_one_gateway_is_refused_by_the_other(
+    stacks: tuple[GatewayStack, SecondGateway], zhangwei: IdpUser
+) -> None:
+    a, b = stacks
+    browser, page = a.sign_in("hr", zhangwei)
+    assert page.status_code == 200 and urlsplit(page.url).port == a.port
+    # The same session serves at the other instance.
+    at_b = browser.http.get(b.url("/x"), allow_redirects=False)
+    assert at_b.status_code == 200, at_b.text[:300]
+    assert at_b.json()["target"] == "/x"
+    # Sign out of the application at A; B refuses the cookie on its next request.
+    browser.get(a.app_url("hr", "/.onegate/logout"))
+    cookie = browser.http.cookies.get("onegate_gw", domain="hr.localhost")
+    browser.submit(browser.form("scope"), {}, button=("scope", "app"))
+    started = time.monotonic()
+    while True:
+        again = requests.Session()
+        again.mount("http://", LoopbackAdapter())
+        response = again.get(
+            b.url("/x"),
+            cookies={"onegate_gw": cookie},
+            allow_redirects=False,
+            headers={"accept": "text/html"},
+        )
+        if response.status_code == 302:
+            break
+        assert time.monotonic() - started < 1.0, "gateway B still served a revoked session after 1 s"
+        time.sleep(0.02)
+    assert "/.onegate/start" in response.headers["location"]
+
+
+def test_one_gib_each_way_streams_through_with_little_memory(
+    stacks: tuple[GatewayStack, SecondGateway], zhangwei: IdpUser
+) -> None:
+    a, b = stacks
+    browser, _ = a.sign_in("hr", zhangwei)
+    baseline = b.rss("VmRSS")
+    Path(f"/proc/{b.process.pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) from now
+
+    received = 0
+    with browser.http.get(b.url(f"/download?size={GIB}"), stream=True, timeout=120) as download:
+        assert download.status_code == 200
+        for chunk in download.iter_content(1 << 20):
+            received += len(chunk)
+    assert received == GIB
+
+    def body() -> Iterator[bytes]:
+        block = b"u" * (1 << 20)
+        for _ in range(1024):
+            yield block
+
+    upload = browser.http.post(b.url("/upload"), data=body(), timeout=120)
+    assert upload.status_code == 200 and upload.json()["body_bytes"] == GIB
+    peak = b.rss("VmHWM")
+    grown = peak - baseline
+    print(f"gateway B: {baseline / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB during 2 GiB")
+    assert grown < 100 * 2**20, f"the gateway grew by {grown / 2**20:.0f} MiB while streaming"
