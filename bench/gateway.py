@@ -208,6 +208,7 @@ def run() -> dict[str, Any]:
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is needed (Debian package {tool})")
     work = Path(tempfile.mkdtemp(prefix="onegate-bench-gw-"))
+    work.chmod(0o755)  # LemonLDAP::NG's FastCGI server runs as www-data and needs to reach its socket
     upstream, proxy, llng_port, gw_port = (_free_port() for _ in range(4))
     nginx = gateway = None
     llng_dir: Path | None = None
