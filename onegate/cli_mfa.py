@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from idp.directory import DirectoryError, UnknownUser
-from idp.events import auth_event
-from idp.sessions import SessionStore
 from mfa.services import MfaServices
 from onegate.cli_common import (
     ConfigFile,
@@ -34,6 +32,7 @@ from onegate.cli_common import (
 
 if TYPE_CHECKING:
     from onegate.runtime import Runtime
+from onegate.sessions import end_user_sessions
 
 __all__ = ["app"]
 
@@ -121,30 +120,21 @@ def reset(
         if user is None:
             raise UnknownUser(username)
         removed = await _services(runtime).reset(user.id, actor=actor())
-        sessions = SessionStore(
-            runtime.kv,
-            idle_timeout=settings.idp.session_idle_timeout,
-            absolute_timeout=settings.idp.session_absolute_timeout,
+        ended = await end_user_sessions(
+            runtime,
+            user_id=user.id,
+            sub=user.sub,
+            username=user.username,
+            reason="mfa-reset",
+            actor=actor(),
+            events=runtime.bus,
         )
-        ended = await sessions.revoke_user(user.id)
-        for session in ended:
-            runtime.bus.emit(
-                auth_event(
-                    "session-revoked",
-                    success=True,
-                    reason="mfa-reset",
-                    username=user.username,
-                    user_id=user.id,
-                    session_id=session.sid,
-                    labels__actor=actor(),
-                )
-            )
         return {
             "username": user.username,
             "authenticator_apps_removed": removed.totp,
             "passkeys_removed": removed.webauthn,
             "recovery_codes_removed": removed.recovery_left,
-            "sessions_ended": len(ended),
+            "sessions_ended": ended.idp + ended.gateway,
         }
 
     record = with_runtime(settings, work, errors=(DirectoryError,))

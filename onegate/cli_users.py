@@ -56,6 +56,7 @@ from onegate.cli_common import (
     with_runtime,
 )
 from onegate.cli_mfa import app as mfa_app
+from onegate.sessions import end_user_sessions
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -261,6 +262,18 @@ def _status_command(
     async def work(runtime: Runtime) -> StatusChange:
         result = await change(runtime.directory, username)
         runtime.bus.emit(event(result))
+        user = result.user
+        if user.status in (UserStatus.LOCKED, UserStatus.DISABLED):
+            # Continuous evaluation: the account's sessions end now, not when they expire.
+            await end_user_sessions(
+                runtime,
+                user_id=user.id,
+                sub=user.sub,
+                username=user.username,
+                reason=user.status.value,
+                actor=actor(),
+                events=runtime.bus,
+            )
         return result
 
     result = _with_runtime(settings, work)

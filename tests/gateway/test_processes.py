@@ -33,6 +33,12 @@ apps:
     hosts: [hr.localhost]
     rules:
       - {id: hr-staff, effect: allow, subjects: {departments: [hrss]}}
+rules:
+  - id: high-risk
+    description: a high-risk user is refused / 高风险用户一律拒绝
+    effect: deny
+    apps: "*"
+    min_risk: 80
 """
 GIB = 1 << 30
 
@@ -92,6 +98,7 @@ def stacks(
         policy=POLICY,
         settings={"ONEGATE_KV__BACKEND": "redis", "ONEGATE_KV__URL": redis_url, "ONEGATE_KV__PREFIX": prefix},
     ).start()
+    stack.kv_prefix = prefix  # type: ignore[attr-defined]
     second = None
     try:
         second = SecondGateway(stack, root)
@@ -169,3 +176,59 @@ def test_one_gib_each_way_streams_through_with_little_memory(
     grown = peak - baseline
     print(f"gateway B: {baseline / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB during 2 GiB")
     assert grown < 100 * 2**20, f"the gateway grew by {grown / 2**20:.0f} MiB while streaming"
+
+
+def _answers_within(b: SecondGateway, browser_cookie: str, *, status: int, seconds: float = 1.0) -> None:
+    """Poll gateway B with the cookie until it answers ``status``; fail after ``seconds``."""
+    session = requests.Session()
+    session.mount("http://", LoopbackAdapter())
+    started = time.monotonic()
+    while True:
+        response = session.get(
+            b.url("/x"),
+            cookies={"onegate_gw": browser_cookie},
+            allow_redirects=False,
+            headers={"accept": "text/html"},
+        )
+        if response.status_code == status:
+            return
+        assert time.monotonic() - started < seconds, (
+            f"{response.status_code} after {seconds} s, wanted {status}"
+        )
+        time.sleep(0.02)
+
+
+def test_a_locked_account_is_refused_on_its_next_request(
+    stacks: tuple[GatewayStack, SecondGateway],
+) -> None:
+    a, b = stacks
+    user = a.add_user(name="刘洋", department="hrss", groups=["hr-staff"])
+    browser, page = a.sign_in("hr", user)
+    assert page.status_code == 200
+    cookie = browser.http.cookies.get("onegate_gw", domain="hr.localhost")
+    assert browser.http.get(b.url("/x"), allow_redirects=False).status_code == 200
+    locked = a.cli("user", "lock", user.username)
+    assert locked["status"] == "locked"
+    _answers_within(b, cookie, status=302)
+
+
+async def test_a_raised_risk_score_is_decided_on_at_once(
+    stacks: tuple[GatewayStack, SecondGateway], zhangwei: IdpUser, redis_url: str
+) -> None:
+    from core.kv import RedisKV
+    from gateway.risk import RiskScores
+
+    a, b = stacks
+    browser, page = a.sign_in("hr", zhangwei)
+    assert page.status_code == 200
+    cookie = browser.http.cookies.get("onegate_gw", domain="hr.localhost")
+    kv = RedisKV(redis_url, prefix=a.kv_prefix)  # type: ignore[attr-defined]
+    try:
+        await RiskScores(kv).set(zhangwei.username, 90, ttl=60)
+        _answers_within(b, cookie, status=403)
+        denied = browser.http.get(b.url("/x"), allow_redirects=False)
+        assert "高风险用户一律拒绝" in denied.text  # the rule's description says why
+        await RiskScores(kv).set(zhangwei.username, 0)
+        _answers_within(b, cookie, status=200, seconds=2.0)  # lowering is no emergency
+    finally:
+        await kv.close()
