@@ -289,7 +289,7 @@ async def logout(request: Request) -> Response:
         response: Response = request.app.state.templates.render(
             request,
             "gateway_logout.html",
-            {"signed_in": session is not None, "name": session.name if session else ""},
+            {"signed_in": session is not None, "name": session.name if session else "", "done": False},
         )
         return response
     form = await request.form()

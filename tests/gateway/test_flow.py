@@ -336,3 +336,25 @@ def test_bodies_stream_both_ways(stack: GatewayStack, zhangwei: IdpUser) -> None
     upload = browser.http.post(stack.app_url("hr", "/upload"), data=chunks())
     view = stack.upstream_view(upload)
     assert view["body_bytes"] == 64 * 256 * 1024 and view["method"] == "POST"
+
+
+async def test_websockets_are_proxied_after_the_same_decision(stack: GatewayStack, zhangwei: IdpUser) -> None:
+    import websockets
+    from websockets.asyncio.client import connect
+
+    browser, _ = stack.sign_in("hr", zhangwei)
+    cookie = browser.http.cookies.get("onegate_gw", domain="hr.localhost")
+    # The URI names the application's host (the Host header); the connection goes to 127.0.0.1.
+    url = f"ws://hr.localhost:{stack.port}/ws"
+    address = {"host": "127.0.0.1", "port": stack.port, "proxy": None}
+    async with connect(
+        url, additional_headers={"Cookie": f"onegate_gw={cookie}", "X-OneGate-User": "admin"}, **address
+    ) as ws:
+        assert await ws.recv() == f"hello {zhangwei.username}"  # the upstream saw the real identity
+        await ws.send("你好")
+        assert await ws.recv() == "你好"
+    # Without a session the handshake is refused.
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with connect(url, **address):
+            pass
+    assert refused.value.response.status_code == 403
