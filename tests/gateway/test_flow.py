@@ -119,6 +119,7 @@ def test_a_forbidden_application_shows_the_deny_page(stack: GatewayStack, zhangw
     page = browser.get(stack.app_url("permits", "/apply"))
     assert page.status_code == 403 and urlsplit(page.url).hostname == "permits.localhost"
     assert "无权访问" in page.text and "permits" in page.text
+    assert "此应用的访问规则中没有适用于您的授权" in page.text  # a default deny says why in words
     assert "请求编号" in page.text or "Request ID" in page.text
     assert "Traceback" not in page.text and "upstream" not in page.text.lower()
     english = browser.get(stack.app_url("permits", "/apply?lang=en"))
