@@ -42,7 +42,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-dev
-	@for name in keyvault idp mfa policy; do $(BIN)/python -m bench $$name --json; done
+	@for name in keyvault idp mfa policy gateway; do $(BIN)/python -m bench $$name --json; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
