@@ -11,26 +11,30 @@ from gateway.sessions import GatewaySession
 from gateway.upstream import Origin
 from policy.model import Decision, Effect, Reason
 
-SESSION = GatewaySession(
-    sid="s1",
-    host="hr.example.gov",
-    sub="sub-1",
-    username="zhangwei",
-    name="张伟",
-    groups=("hr-staff",),
-    department="hrss",
-    departments=("hrss", "city"),
-    roles=("clerk",),
-    acr="urn:onegate:acr:mfa",
-    amr=("pwd", "otp"),
-    auth_time=time.time() - 30,
-    idp_sid="i1",
-    id_token="-",
-    created_at=time.time(),
-    last_seen=time.time(),
-    expires_at=time.time() + 60,
-    secret_hash="0" * 64,
-)
+
+def _session() -> GatewaySession:
+    return GatewaySession(
+        sid="s1",
+        host="hr.example.gov",
+        sub="sub-1",
+        username="zhangwei",
+        name="张伟",
+        groups=("hr-staff",),
+        department="hrss",
+        departments=("hrss", "city"),
+        roles=("clerk",),
+        acr="urn:onegate:acr:mfa",
+        amr=("pwd", "otp"),
+        auth_time=time.time() - 30,
+        idp_sid="i1",
+        id_token="-",
+        created_at=time.time(),
+        last_seen=time.time(),
+        expires_at=time.time() + 60,
+        secret_hash="0" * 64,
+    )
+
+
 ROUTE = Route(app="hr", hosts=("hr.example.gov",), origin=Origin.parse("http://127.0.0.1:9"), path_prefix="/")
 
 
@@ -44,11 +48,11 @@ def _access(session: GatewaySession | None, kind: str = "http") -> _Access:
 
 def test_the_access_event_passes_the_checking_constructor() -> None:
     """The request path builds its event unchecked; the same fields must pass the checks."""
-    for access in (_access(SESSION), _access(None), _access(SESSION, "websocket")):
+    for access in (_access(_session()), _access(None), _access(_session(), "websocket")):
         event = access.event()
         checked = Event(event.action, event.category, event.outcome, fields=dict(event.fields))
         assert checked.fields == event.fields
-    fields = _access(SESSION).event().fields
+    fields = _access(_session()).event().fields
     assert fields["user.name"] == "zhangwei" and fields["onegate.rule_ids"] == ["hr-staff"]
     assert fields["http.response.status_code"] == 201 and fields["source.ip"] == "10.1.2.3"
     assert 25 <= fields["onegate.auth_age"] <= 60 and fields["onegate.departments"] == ["hrss", "city"]
