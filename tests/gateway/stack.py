@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,6 @@ from tests.onegate.conftest import ONEGATE
 __all__ = ["GatewayStack", "SignedIn"]
 
 SignedIn = Browser
-
-DEPARTMENTS = (
-    ("city", "市政府", None),
-    ("hrss", "市人力资源和社会保障局", "city"),
-    ("approval", "市行政审批局", "city"),
-)
-GROUPS = ("civil-servants", "hr-staff", "hr-admins", "approval-staff", "ops-duty")
 
 
 class GatewayStack(IdpServer):
@@ -70,20 +64,16 @@ class GatewayStack(IdpServer):
         return f"http://{self.routes[app][0]}.localhost:{self.port}{path}"
 
     def start(self, timeout: float = 30) -> GatewayStack:
-        self.cli("init")
-        for code, name, parent in DEPARTMENTS:
-            self.cli(
-                "user",
-                "departments",
-                "add",
-                code,
-                name,
-                *(["--parent", parent] if parent else []),
-                as_json=False,
-            )
-        for group in GROUPS:
-            self.cli("user", "groups", "add", group, as_json=False)
-        self.cli("policy", "apply", str(self.policy_path), "-m", "tests", as_json=False)
+        # init, the departments and groups, and the policy: in one process (stack_setup.py).
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.gateway.stack_setup", str(self.policy_path)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"stack set-up failed:\n{done.stderr[-4000:]}"
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 [*ONEGATE, "serve", "--role", self._role, "--port", str(self.port), "--host", "127.0.0.1"],
