@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route as WebRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.kv import KVError
 from core.logging import get_logger
 from core.net import TrustedProxies
 from core.web import create_web_app
@@ -64,7 +66,15 @@ class _PageMiddleware:
             response = await page(Request(scope, receive))
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except KVError as e:  # the session store is down: a 503 page, not a 500
+            if scope["type"] != "http":
+                raise
+            _log.error("gateway endpoint: session store unavailable", error=str(e))
+            scope.setdefault("state", {})["gateway"] = PageInfo("unavailable", 503, secrets.token_hex(8))
+            response = await page(Request(scope, receive))
+            await response(scope, receive, send)
 
 
 async def _home(_request: Request) -> Response:

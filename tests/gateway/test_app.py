@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from core.events import Event
 from gateway.app import _Access
@@ -73,3 +75,38 @@ def test_the_longest_prefix_wins_and_unknown_hosts_match_nothing() -> None:
     assert table.match("hr.example.gov", "/apix") is ROUTE
     assert table.match("other.example.gov", "/") is None
     assert sorted(r.app for r in table.all()) == ["hr", "hr-api"]
+
+
+async def test_a_session_store_outage_is_a_503_page_not_a_500(tmp_path: Path) -> None:
+    """Redis gone (a port nobody listens on): the gateway's pages say "unavailable" (503)."""
+    import httpx
+
+    from core.kv import RedisKV
+    from core.settings import load_settings
+    from onegate.bootstrap import initialise
+    from onegate.gateway_app import build_gateway_app
+    from onegate.runtime import open_runtime
+
+    routes = '[{"app": "hr", "hosts": ["hr.example.gov"], "upstream": "http://127.0.0.1:9"}]'
+    settings = load_settings(
+        None, overrides={"data_dir": tmp_path, "gateway": {"routes": json.loads(routes)}}
+    )
+    await initialise(settings)
+    runtime = await open_runtime(settings)
+    dead = RedisKV("redis://127.0.0.1:1/0", prefix="x:", connect_timeout=0.5)
+    try:
+        built = build_gateway_app(runtime, issuer="http://idp.example.gov", port=443)
+        built.gateway.sessions._kv = dead  # the store every request reads
+        built.context.kv = dead
+        transport = httpx.ASGITransport(app=built.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hr.example.gov") as client:
+            page = await client.get(
+                "/people", headers={"cookie": "onegate_gw=abc.def", "accept": "text/html"}
+            )
+            assert page.status_code == 503 and "服务暂不可用" in page.text
+            assert "Traceback" not in page.text
+            logout = await client.get("/.onegate/logout", headers={"cookie": "onegate_gw=abc.def"})
+            assert logout.status_code == 503 and "服务暂不可用" in logout.text
+    finally:
+        await dead.close()
+        await runtime.close()
