@@ -332,9 +332,16 @@ def test_anonymous_request_signs_in_through_the_proxy_and_reaches_the_app(
     assert claims["departments"] == ["hrss", "city"] and claims["groups"] == ["hr-staff"]
     assert claims["exp"] - claims["iat"] <= 60
 
-    # Signed in: the next request goes straight through.
+    # Signed in: the next request goes straight through, with the browser's other cookies but
+    # never the gateway's session cookie.
+    browser.http.cookies.set("theme", "dark", domain=HOST)
+    browser.http.cookies.set("lang", "zh", domain=HOST)
     again = navigate(browser, app_url(proxy, "/next"))
-    assert headers_of(stack.upstream_view(again))["x-onegate-user"] == [zhangwei.username]
+    seen = headers_of(stack.upstream_view(again))
+    assert seen["x-onegate-user"] == [zhangwei.username]
+    sent = "; ".join(seen.get("cookie", []))
+    assert "onegate_gw" not in sent, sent
+    assert "theme=dark" in sent and "lang=zh" in sent, sent
 
 
 # -- 2. forged identity headers ------------------------------------------------------------------
