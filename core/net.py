@@ -23,13 +23,23 @@ class TrustedProxies:
 
     def __init__(self, cidrs: Iterable[str] = ()) -> None:
         self._networks: tuple[Network, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._seen: dict[str, bool] = {}  # the answer per address: asked on every request
 
     def __contains__(self, address: str) -> bool:
+        if not self._networks:
+            return False
+        known = self._seen.get(address)
+        if known is not None:
+            return known
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ip in network for network in self._networks)
+        answer = any(ip in network for network in self._networks)
+        if len(self._seen) >= 65_536:
+            self._seen.clear()
+        self._seen[address] = answer
+        return answer
 
     def __bool__(self) -> bool:
         return bool(self._networks)
