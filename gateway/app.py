@@ -36,13 +36,21 @@ from core.kv import KVError
 from core.logging import get_logger
 from core.net import TrustedProxies, client_address
 from gateway.assertion import AssertionIssuer, Identity
-from gateway.headers import FORWARDING, HOP_BY_HOP, connection_tokens, is_identity, strip_cookie
+from gateway.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    connection_tokens,
+    is_identity,
+    strip_cookie,
+    upstream_response_headers,
+)
 from gateway.risk import RiskScores
-from gateway.routes import Route, RouteTable, host_of
+from gateway.routes import Route, RouteTable, host_header, host_of
 from gateway.sessions import GatewaySession, GatewaySessions
 from gateway.upstream import UpstreamError, UpstreamPool
 from policy.engine import PolicyEngine
 from policy.model import Decision, Effect, Request
+from policy.model import client_address as client_ip  # the policy's reading of an address
 from policy.normalize import CanonicalPath, PathRejected, canonical_path
 
 __all__ = ["CONTROL_PREFIX", "Gateway", "GatewayOptions", "PageInfo", "Verdict", "login_url"]
@@ -190,8 +198,7 @@ class Gateway:
             await self._to_control(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        host_values = [v for n, v in headers if n == b"host"]
-        host = host_of(host_values[0]) if len(host_values) == 1 else None
+        host = host_of(host_header(headers))
         if host is None or host not in self.routes:
             if self._fallback is not None and host in _LOCAL_HOSTS:
                 await self._fallback(scope, receive, send)
@@ -321,7 +328,7 @@ class Gateway:
     # -- forwarding --------------------------------------------------------------------------
 
     def upstream_headers(
-        self, scope: Scope, verdict: Verdict, host_header: bytes
+        self, scope: Scope, verdict: Verdict, host_value: bytes
     ) -> list[tuple[bytes, bytes]]:
         """The headers sent upstream: the client's minus hop-by-hop, identity and (unless from a
         trusted proxy) forwarding headers; plus Host, X-Forwarded-*, X-Request-ID and identity."""
@@ -347,7 +354,7 @@ class Gateway:
                 continue
             out.append((name, value))
         if route.preserve_host or route.origin is None:
-            out.append((b"host", host_header))
+            out.append((b"host", host_value))
         else:
             origin = route.origin
             out.append((b"host", origin.authority.encode()))
@@ -357,7 +364,7 @@ class Gateway:
         out.append(
             (b"x-forwarded-proto", b"https" if self.options.https else scope.get("scheme", "http").encode())
         )
-        out.append((b"x-forwarded-host", host_header))
+        out.append((b"x-forwarded-host", host_value))
         out.append((b"x-request-id", request_id.encode()))
         if session is not None:
             out.extend(self.identity_headers(session, route.app))
@@ -412,8 +419,7 @@ class Gateway:
             await self._page(scope, receive, send, PageInfo("no_route", 404, request_id, route.app))
             access.status = 404
             return
-        host_header = next(v for n, v in scope["headers"] if n == b"host")
-        headers = self.upstream_headers(scope, verdict, host_header)
+        headers = self.upstream_headers(scope, verdict, host_header(scope["headers"]) or b"")
         method: str = scope["method"]
         query: bytes = scope.get("query_string", b"")
         target = verdict.path.encode() + (b"?" + query if query else b"")
@@ -462,7 +468,7 @@ class Gateway:
             access.status = status
             return
         access.status = response.status
-        out_headers = _response_headers(response.headers)
+        out_headers = upstream_response_headers(response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         sent = 0
         try:
@@ -485,8 +491,7 @@ class Gateway:
         if route.origin is None or self._websocket is None:
             await send({"type": "websocket.close", "code": 1011})
             return
-        host_header = next(v for n, v in scope["headers"] if n == b"host")
-        headers = self.upstream_headers(scope, verdict, host_header)
+        headers = self.upstream_headers(scope, verdict, host_header(scope["headers"]) or b"")
         # The WebSocket handshake headers are the client library's to write.
         skip = {
             b"sec-websocket-key",
@@ -620,15 +625,10 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if not address:
-        return None
     try:
-        parsed = ipaddress.ip_address(address)
+        return client_ip(address) if address else None
     except ValueError:
         return None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return parsed.ipv4_mapped
-    return parsed
 
 
 def _description(engine: PolicyEngine, rule_id: str) -> str | None:
@@ -641,11 +641,6 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() and len(value) < 19 else -1
     return None
-
-
-def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    dropped = HOP_BY_HOP | connection_tokens(headers)
-    return [(n, v) for n, v in headers if n not in dropped]
 
 
 def _return_to(scope: Scope) -> str:

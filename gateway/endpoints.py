@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -38,7 +37,8 @@ from core.net import client_address
 from core.web import N_
 from gateway.app import CONTROL_PREFIX, PageInfo
 from gateway.oidc import LoginError, LoginState, OidcClient
-from gateway.routes import host_of
+from gateway.routes import host_header, host_of
+from gateway.sessions import digest
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -95,14 +95,10 @@ def _ctx(request: Request) -> ControlContext:
     return ctx
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def _binding_cookie(ctx: ControlContext, state: str) -> str:
     """The cookie that ties one login to the browser that started it (one per login, so two tabs
     signing in at once do not spoil each other)."""
-    return f"{ctx.gateway.options.cookie_name}_l{_digest(state)[:12]}"
+    return f"{ctx.gateway.options.cookie_name}_l{digest(state)[:12]}"
 
 
 def _safe_return(value: str | None) -> str:
@@ -120,8 +116,7 @@ def _origin(request: Request, host_header: str) -> str:
 
 
 def _host(request: Request) -> tuple[str | None, str]:
-    values = [v for k, v in request.headers.raw if k == b"host"]
-    raw = values[0].decode("latin-1") if len(values) == 1 else ""
+    raw = (host_header(request.headers.raw) or b"").decode("latin-1")
     return host_of(raw), raw
 
 
@@ -183,7 +178,7 @@ async def start(request: Request) -> Response:
         _log.error("sign-in cannot start", code=e.code, request_id=request_id)
         return _page(request, PageInfo("unavailable", 503, request_id, reason=e.code))
     binding = secrets.token_urlsafe(24)
-    record = {"login": login.to_json().decode(), "host": host, "binding": _digest(binding)}
+    record = {"login": login.to_json().decode(), "host": host, "binding": digest(binding)}
     try:
         await ctx.kv.set(f"gw:login:{login.state}", json.dumps(record).encode(), ttl=LOGIN_TTL)
     except KVError as e:
@@ -222,7 +217,7 @@ async def callback(request: Request) -> Response:
     except (LoginError, ValueError, KeyError, TypeError):
         return _page(request, PageInfo("login_failed", 400, request_id, reason="invalid_state"))
     binding = request.cookies.get(_binding_cookie(ctx, state), "")
-    if record["host"] != host or not hmac.compare_digest(record["binding"], _digest(binding)):
+    if record["host"] != host or not hmac.compare_digest(record["binding"], digest(binding)):
         _event(
             ctx, "gateway-sign-in", Outcome.FAILURE, Category.AUTHENTICATION, **{"onegate.reason": "binding"}
         )
@@ -337,7 +332,7 @@ async def backchannel_logout(request: Request) -> Response:
         _event(ctx, "backchannel-logout", Outcome.FAILURE, Category.SESSION, **{"onegate.reason": e.code})
         return JSONResponse({"error": "invalid_request"}, status_code=400, headers=headers)
     # §2.6 step 9: a logout token is used once.
-    if not await ctx.kv.set(f"gw:jti:{_digest(notice.jti)}", b"1", ttl=3600, only_if_absent=True):
+    if not await ctx.kv.set(f"gw:jti:{digest(notice.jti)}", b"1", ttl=3600, only_if_absent=True):
         return JSONResponse({"error": "invalid_request"}, status_code=400, headers=headers)
     gateway = ctx.gateway
     if notice.sid:

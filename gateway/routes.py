@@ -15,7 +15,7 @@ from core.settings import GatewayRoute
 from gateway.upstream import Origin
 from policy.normalize import PathRejected, canonical_path
 
-__all__ = ["Route", "RouteTable", "host_of"]
+__all__ = ["Route", "RouteTable", "host_header", "host_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,12 @@ class Route:
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
         )
+
+
+def host_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's one Host header value; None when it has none or several (refused)."""
+    values = [v for n, v in headers if n == b"host"]
+    return values[0] if len(values) == 1 else None
 
 
 def host_of(value: bytes | str | None) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 from core.kv import KV, KVError
 from core.logging import get_logger
 
-__all__ = ["CACHE_SECONDS", "REVOKED_CHANNEL", "GatewaySession", "GatewaySessions"]
+__all__ = ["CACHE_SECONDS", "REVOKED_CHANNEL", "GatewaySession", "GatewaySessions", "digest"]
 
 _log = get_logger("onegate.gateway.sessions")
 
@@ -79,7 +79,8 @@ class GatewaySession:
         return cls(**data)
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """SHA-256 hex of a secret: what is stored in its place."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -147,7 +148,7 @@ class GatewaySessions:
             created_at=now,
             last_seen=now,
             expires_at=now + self._absolute,
-            secret_hash=_digest(secret),
+            secret_hash=digest(secret),
             ip=ip[:64],
             user_agent=user_agent[:256],
         )
@@ -173,7 +174,7 @@ class GatewaySessions:
         session = await self.get(sid)
         if session is None or session.host != host:
             return None
-        if not hmac.compare_digest(session.secret_hash, _digest(secret)):
+        if not hmac.compare_digest(session.secret_hash, digest(secret)):
             return None
         return session
 
