@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from core.settings import GatewayRoute, Settings
 from idp.clients.services import ClientRegistry
 from onegate.cli_policy_store import directory_catalog
 from onegate.demo_apps import DEMO_APPS, OA_SCOPES, DemoApp, OaClient
+from onegate.own_clients import ensure_own_client, keyvault_secret
 from onegate.runtime import Runtime, StartupError
 from onegate.server import bind
 from policy.rules import BundleError, load_path
@@ -193,35 +193,24 @@ async def register_oa(runtime: Runtime, *, issuer: str, port: int) -> OaClient:
     Connect Dynamic Client Registration 1.0 §2 metadata, kept in the client registry), or bring
     its redirect URIs up to date with ``port``; its secret is derived from a keyvault secret,
     so it is the same on every start and never written down."""
-    raw = runtime.vault.secrets.get_or_create(OA_SECRET_NAME)
-    secret = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    secret = keyvault_secret(runtime, OA_SECRET_NAME)
     origin = app_origin("oa", port)
     redirect_uri, after_logout = f"{origin}/callback", f"{origin}/"
-    registry = ClientRegistry(runtime.sessions, runtime.vault.secrets, events=runtime.bus)
-    client = await registry.get(OA_CLIENT_ID, include_disabled=True)
-    if client is None:
-        await registry.add(
-            name="协同办公",
-            name_en="OA (office automation)",
-            client_id=OA_CLIENT_ID,
-            redirect_uris=[redirect_uri],
-            post_logout_redirect_uris=[after_logout],
-            scopes=OA_SCOPES,
-            first_party=True,
-            description="演示城市的协同办公系统，直接以 OIDC 接入 / the demo city's OA, integrated by OIDC",
-            actor=ACTOR,
-        )
-        await registry.rotate_secret(OA_CLIENT_ID, secret=secret, actor=ACTOR)
-    else:
-        if client.redirect_uris != (redirect_uri,) or client.post_logout_redirect_uris != (after_logout,):
-            await registry.update(
-                OA_CLIENT_ID,
-                redirect_uris=[redirect_uri],
-                post_logout_redirect_uris=[after_logout],
-                actor=ACTOR,
-            )
-        if not registry.verify_secret(client, secret):
-            await registry.rotate_secret(OA_CLIENT_ID, secret=secret, actor=ACTOR)
+    await ensure_own_client(
+        ClientRegistry(runtime.sessions, runtime.vault.secrets, events=runtime.bus),
+        OA_CLIENT_ID,
+        secret=secret,
+        actor=ACTOR,
+        create={
+            "name": "协同办公",
+            "name_en": "OA (office automation)",
+            "scopes": OA_SCOPES,
+            "first_party": True,
+            "description": "演示城市的协同办公系统，直接以 OIDC 接入 / "
+            "the demo city's OA, integrated by OIDC",
+        },
+        keep={"redirect_uris": [redirect_uri], "post_logout_redirect_uris": [after_logout]},
+    )
     return OaClient(
         issuer=issuer,
         client_id=OA_CLIENT_ID,

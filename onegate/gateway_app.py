@@ -11,7 +11,6 @@ there (docs/gateway.md) and set ``gateway.issuer``, ``gateway.client_id`` and
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from gateway.upstream import UpstreamPool
 from gateway.websocket import bridge
 from idp.clients.services import ClientRegistry
 from onegate.bootstrap import CSRF_KEY_NAME
+from onegate.own_clients import ensure_own_client, keyvault_secret
 from onegate.runtime import Runtime
 from policy.versions import PolicyStore, PolicyWatcher
 
@@ -135,28 +135,19 @@ async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, s
             if uri not in redirect_uris and (urlsplit(uri).hostname or "") in hosts
         ]
         redirect_uris = [*redirect_uris, *kept][:MAX_REDIRECT_URIS]
-    if client is None:
-        await registry.add(
-            name="统一访问网关",
-            name_en="OneGate access gateway",
-            client_id=options.client_id,
-            redirect_uris=redirect_uris,
-            scopes=GATEWAY_SCOPES,
-            first_party=True,
-            backchannel_logout_uri=backchannel,
-            actor="onegate-gateway",
-        )
-        await registry.rotate_secret(options.client_id, secret=secret, actor="onegate-gateway")
-        return
-    if list(client.redirect_uris) != redirect_uris or client.backchannel_logout_uri != backchannel:
-        await registry.update(
-            options.client_id,
-            redirect_uris=redirect_uris,
-            backchannel_logout_uri=backchannel,
-            actor="onegate-gateway",
-        )
-    if not registry.verify_secret(client, secret):
-        await registry.rotate_secret(options.client_id, secret=secret, actor="onegate-gateway")
+    await ensure_own_client(
+        registry,
+        options.client_id,
+        secret=secret,
+        actor="onegate-gateway",
+        create={
+            "name": "统一访问网关",
+            "name_en": "OneGate access gateway",
+            "scopes": GATEWAY_SCOPES,
+            "first_party": True,
+        },
+        keep={"redirect_uris": redirect_uris, "backchannel_logout_uri": backchannel},
+    )
 
 
 def build_gateway_app(
@@ -187,8 +178,7 @@ def build_gateway_app(
     builtin = options.issuer is None
     secret = options.client_secret
     if secret is None:
-        raw = runtime.vault.secrets.get_or_create(SECRET_NAME)
-        secret = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        secret = keyvault_secret(runtime, SECRET_NAME)
     provider = (options.issuer or issuer).rstrip("/")
     oidc = OidcClient(
         issuer=provider, client_id=options.client_id, client_secret=secret, scopes=GATEWAY_SCOPES
