@@ -181,6 +181,9 @@ def _check_field(name: str, value: Any) -> None:
         raise EventError(f"field {name!r} has unsupported type {type(value).__name__}")
 
 
+_set = object.__setattr__
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -222,17 +225,14 @@ class Event:
         that emitter's tests build the same event through the checking constructor, so a wrong
         name or type still fails there. ``fields`` is taken as it is (not copied)."""
         event = object.__new__(cls)
-        for name, value in (
-            ("action", action),
-            ("category", category),
-            ("outcome", outcome),
-            ("dataset", "onegate"),
-            ("kind", Kind.EVENT),
-            ("fields", fields),
-            ("timestamp", datetime.now(UTC)),
-            ("id", os.urandom(16).hex()),
-        ):
-            object.__setattr__(event, name, value)
+        _set(event, "action", action)
+        _set(event, "category", category)
+        _set(event, "outcome", outcome)
+        _set(event, "dataset", "onegate")
+        _set(event, "kind", Kind.EVENT)
+        _set(event, "fields", fields)
+        _set(event, "timestamp", datetime.now(UTC))
+        _set(event, "id", os.urandom(16).hex())
         return event
 
     def get(self, name: str, default: Any = None) -> Any:

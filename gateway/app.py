@@ -47,7 +47,7 @@ from gateway.headers import (
 from gateway.risk import RiskScores
 from gateway.routes import Route, RouteTable, host_header, host_of
 from gateway.sessions import GatewaySession, GatewaySessions
-from gateway.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import Origin, UpstreamError, UpstreamPool
 from policy.engine import PolicyEngine
 from policy.model import Decision, Effect, Request
 from policy.model import client_address as client_ip  # the policy's reading of an address
@@ -64,6 +64,7 @@ _NAVIGATION = frozenset({"GET", "HEAD"})
 # Hosts the gateway answers on for its own pages (portal, health) when no route names them.
 _IDENTITY_CACHE = 100_000
 _PATH_CACHE = 10_000
+_COOKIE_CACHE = 10_000
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -174,7 +175,8 @@ class Gateway:
         self.options = options or GatewayOptions()
         self._cookie = self.options.cookie.encode()
         self._websocket = websocket
-        self._identities: dict[str, tuple[GatewaySession, Identity, list[tuple[bytes, bytes]]]] = {}
+        self._subjects: dict[str, _Subject] = {}
+        self._cookies: dict[bytes, bytes] = {}  # Cookie header -> without the gateway's cookie
         self._paths: dict[bytes, CanonicalPath | PathRejected] = {}
 
     def set_control(self, control: ASGIApp) -> None:
@@ -198,7 +200,7 @@ class Gateway:
             await self._to_control(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        host = host_of(host_header(headers))
+        host = _host(headers)
         if host is None or host not in self.routes:
             if self._fallback is not None and host in _LOCAL_HOSTS:
                 await self._fallback(scope, receive, send)
@@ -218,19 +220,9 @@ class Gateway:
         if verdict.page is not None:
             await self._page(scope, receive, send, verdict.page)
             return
-        route, session, decision = verdict.route, verdict.session, verdict.decision
+        route, decision = verdict.route, verdict.decision
         assert route is not None and decision is not None  # noqa: S101 - authorize's contract
-        access = _Access(
-            scope,
-            route,
-            session,
-            verdict.ip,
-            verdict.path,
-            decision,
-            verdict.risk,
-            verdict.request_id,
-            started,
-        )
+        access = _Access(scope, verdict, started)
         if decision.effect is Effect.ALLOW:
             if scope["type"] == "websocket":
                 await self._forward_websocket(scope, receive, send, verdict)
@@ -268,22 +260,37 @@ class Gateway:
         except KVError as e:
             _log.error("session store unavailable", error=str(e), request_id=request_id)
             return Verdict(request_id, ip, page=PageInfo("unavailable", 503, request_id, route.app))
-        request = Request(
-            app=route.app,
-            path=path.key,
-            method=method,
-            user=session.username if session else None,
-            groups=frozenset(session.groups) if session else frozenset(),
-            departments=session.departments if session else (),
-            roles=frozenset(session.roles) if session else frozenset(),
-            acr=session.acr if session else None,
-            auth_time=session.auth_time if session else None,
-            ip=_ip(ip),
-            now=time.time(),
+        if session is None:
+            request = Request.exact(
+                route.app, path.key, method, None, _NONE, (), _NONE, None, None, _ip(ip), time.time(), 0
+            )
+        else:
+            subject = self._subject(session)
+            request = Request.exact(
+                route.app,
+                path.key,
+                method,
+                session.username,
+                subject.groups,
+                session.departments,
+                subject.roles,
+                session.acr,
+                session.auth_time,
+                _ip(ip),
+                time.time(),
+                risk,
+            )
+        engine = self._engine()
+        return Verdict(
+            request_id,
+            ip,
+            route=route,
+            session=session,
+            decision=engine.decide(request),
+            engine=engine,
+            path=path.path,
             risk=risk,
         )
-        engine = self._engine()
-        return Verdict(request_id, ip, route, session, engine.decide(request), engine, path.path, risk)
 
     def cookie_value(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         wanted = self._cookie
@@ -335,29 +342,28 @@ class Gateway:
         route, session, ip, request_id = verdict.route, verdict.session, verdict.ip, verdict.request_id
         assert route is not None  # noqa: S101 - only decided requests are forwarded
         client_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        dropped = HOP_BY_HOP | connection_tokens(client_headers)
+        listed = connection_tokens(client_headers)
         peer = scope.get("client")
         trusted = peer is not None and str(peer[0]) in self.options.trusted_proxies
         forwarded_for: list[bytes] = []
         out: list[tuple[bytes, bytes]] = []
         for name, value in client_headers:
-            if name in dropped or name == b"host" or is_identity(name) or name == b"x-request-id":
-                continue
-            if name in FORWARDING:
-                if trusted and name == b"x-forwarded-for":
-                    forwarded_for.append(value)
-                continue
-            if name == b"cookie":
-                kept = strip_cookie(value, self._cookie)
-                if kept:
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                kind = _name_kind(name)
+            if kind == _PASS:
+                if not listed or name not in listed:
+                    out.append((name, value))
+            elif kind == _COOKIE:
+                kept = self._stripped_cookie(value)
+                if kept and (not listed or name not in listed):
                     out.append((name, kept))
-                continue
-            out.append((name, value))
+            elif kind == _XFF and trusted and (not listed or name not in listed):
+                forwarded_for.append(value)
         if route.preserve_host or route.origin is None:
             out.append((b"host", host_value))
         else:
-            origin = route.origin
-            out.append((b"host", origin.authority.encode()))
+            out.append((b"host", _authority(route.origin)))
         peer_ip = str(peer[0]) if peer else ip
         forwarded_for.append(peer_ip.encode())
         out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
@@ -370,44 +376,35 @@ class Gateway:
             out.extend(self.identity_headers(session, route.app))
         return out
 
+    def _stripped_cookie(self, value: bytes) -> bytes:
+        kept = self._cookies.get(value)
+        if kept is None:
+            kept = strip_cookie(value, self._cookie)
+            if len(self._cookies) >= _COOKIE_CACHE:
+                self._cookies.clear()
+            self._cookies[value] = kept
+        return kept
+
     def identity_headers(self, session: GatewaySession, app: str) -> list[tuple[bytes, bytes]]:
         """The identity headers for ``app``: built once per session object (the session cache
         hands out the same object for a second), the assertion reused by the issuer."""
-        cached = self._identities.get(session.sid)
-        if cached is None or cached[0] is not session:
-            identity, plain = self._identity_of(session)
-            if len(self._identities) >= _IDENTITY_CACHE:
-                self._identities.clear()
-            self._identities[session.sid] = (session, identity, plain)
-        else:
-            identity, plain = cached[1], cached[2]
-        return [*plain, (b"x-onegate-assertion", self.assertions.issue(identity, app).encode())]
+        subject = self._subject(session)
+        assertion = self.assertions.issue(subject.identity, app).encode()
+        return [*subject.headers, (b"x-onegate-assertion", assertion)]
+
+    def _subject(self, session: GatewaySession) -> _Subject:
+        subject = self._subjects.get(session.sid)
+        if subject is None or subject.session is not session:
+            subject = _Subject(session)
+            if len(self._subjects) >= _IDENTITY_CACHE:
+                self._subjects.clear()
+            self._subjects[session.sid] = subject
+        return subject
 
     def forget(self, sid: str) -> None:
         """Drop what is cached for a session that ended (its assertions among it)."""
-        self._identities.pop(sid, None)
+        self._subjects.pop(sid, None)
         self.assertions.forget(sid)
-
-    @staticmethod
-    def _identity_of(session: GatewaySession) -> tuple[Identity, list[tuple[bytes, bytes]]]:
-        identity = Identity(
-            sub=session.sub,
-            username=session.username,
-            name=session.name,
-            groups=session.groups,
-            department=session.department,
-            departments=session.departments,
-            acr=session.acr,
-            amr=session.amr,
-            auth_time=int(session.auth_time),
-            sid=session.sid,
-        )
-        return identity, [
-            (b"x-onegate-user", session.username.encode()),
-            (b"x-onegate-name", quote(session.name, safe=" ").encode()),
-            (b"x-onegate-groups", ",".join(session.groups).encode()),
-            (b"x-onegate-department", (session.department or "").encode()),
-        ]
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, access: _Access
@@ -470,6 +467,16 @@ class Gateway:
         access.status = response.status
         out_headers = upstream_response_headers(response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+        whole = response.complete_body()
+        if whole is not None:  # it all came with the head: one message
+            try:
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+            except OSError:
+                access.outcome = Outcome.FAILURE
+            finally:
+                await response.aclose()
+                access.bytes = len(whole)
+            return
         sent = 0
         try:
             async for chunk in response.chunks():
@@ -507,26 +514,41 @@ class Gateway:
     # -- events ------------------------------------------------------------------------------
 
     def _emit(self, access: _Access) -> None:
+        session = access.verdict.session
         try:
-            self._events.emit(access.event())
+            self._events.emit(access.event(self._subjects.get(session.sid) if session else None))
         except Exception as e:  # an event problem never fails a request
             _log.error("access event not emitted", error=str(e))
 
 
-@dataclass(frozen=True)
 class Verdict:
     """What :meth:`Gateway.authorize` decided. ``page`` is set when the request cannot even be
     decided (bad path, no route, store down); otherwise ``decision`` says what to do."""
 
-    request_id: str
-    ip: str
-    route: Route | None = None
-    session: GatewaySession | None = None
-    decision: Decision | None = None
-    engine: PolicyEngine | None = None
-    path: str = ""
-    risk: int = 0
-    page: PageInfo | None = None
+    __slots__ = ("decision", "engine", "ip", "page", "path", "request_id", "risk", "route", "session")
+
+    def __init__(
+        self,
+        request_id: str,
+        ip: str,
+        *,
+        route: Route | None = None,
+        session: GatewaySession | None = None,
+        decision: Decision | None = None,
+        engine: PolicyEngine | None = None,
+        path: str = "",
+        risk: int = 0,
+        page: PageInfo | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.ip = ip
+        self.route = route
+        self.session = session
+        self.decision = decision
+        self.engine = engine
+        self.path = path
+        self.risk = risk
+        self.page = page
 
     def refusal(self, return_to: str) -> PageInfo:
         """The page for a decision that is not an allow: sign in, step up, or denied."""
@@ -546,27 +568,72 @@ class Verdict:
         return PageInfo("denied", 403, self.request_id, app, decision, descriptions=descriptions)
 
 
-@dataclass
-class _Access:
-    scope: Scope
-    route: Route
-    session: GatewaySession | None
-    ip: str
-    path: str
-    decision: Decision
-    risk: int
-    request_id: str
-    started: float
-    status: int = 0
-    bytes: int = 0
-    outcome: Outcome | None = None
+class _Subject:
+    """What the gateway derives from one session object, once: the policy's sets, the identity
+    headers and assertion identity, and the access event's user fields."""
 
-    def event(self) -> Event:
-        scope, session, decision = self.scope, self.session, self.decision
-        user_agent = next((v for n, v in scope["headers"] if n == b"user-agent"), b"")
+    __slots__ = ("event_fields", "groups", "headers", "identity", "roles", "session")
+
+    def __init__(self, session: GatewaySession) -> None:
+        self.session = session
+        self.groups = frozenset(session.groups)
+        self.roles = frozenset(session.roles)
+        self.identity = Identity(
+            sub=session.sub,
+            username=session.username,
+            name=session.name,
+            groups=session.groups,
+            department=session.department,
+            departments=session.departments,
+            acr=session.acr,
+            amr=session.amr,
+            auth_time=int(session.auth_time),
+            sid=session.sid,
+        )
+        self.headers = (
+            (b"x-onegate-user", session.username.encode()),
+            (b"x-onegate-name", quote(session.name, safe=" ").encode()),
+            (b"x-onegate-groups", ",".join(session.groups).encode()),
+            (b"x-onegate-department", (session.department or "").encode()),
+        )
         fields: dict[str, Any] = {
-            "onegate.app": self.route.app,
-            "url.path": self.path,
+            "user.name": session.username,
+            "user.id": session.sub,
+            "session.id": session.sid,
+            "onegate.groups": list(session.groups),
+            "onegate.departments": list(session.departments),
+            "onegate.acr": session.acr,
+        }
+        if session.roles:
+            fields["user.roles"] = list(session.roles)
+        self.event_fields = fields
+
+
+class _Access:
+    """One request's access record, made into its ECS event after the response."""
+
+    __slots__ = ("bytes", "outcome", "scope", "started", "status", "verdict")
+
+    def __init__(self, scope: Scope, verdict: Verdict, started: float) -> None:
+        self.scope = scope
+        self.verdict = verdict
+        self.started = started
+        self.status = 0
+        self.bytes = 0
+        self.outcome: Outcome | None = None
+
+    def event(self, subject: _Subject | None = None) -> Event:
+        scope, verdict = self.scope, self.verdict
+        session, decision, route = verdict.session, verdict.decision, verdict.route
+        assert decision is not None and route is not None  # noqa: S101 - only decided requests
+        user_agent = b""
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                user_agent = value
+                break
+        fields: dict[str, Any] = {
+            "onegate.app": route.app,
+            "url.path": verdict.path,
             "http.request.method": scope.get("method", "GET"),
             "http.response.status_code": self.status,
             "http.response.body.bytes": self.bytes,
@@ -574,28 +641,19 @@ class _Access:
             "onegate.decision": decision.effect.value,
             "onegate.rule_ids": list(decision.rule_ids),
             "onegate.reason": decision.reason.value,
-            "onegate.risk": self.risk,
-            "trace.id": self.request_id,
+            "onegate.risk": verdict.risk,
+            "trace.id": verdict.request_id,
             "user_agent.original": user_agent.decode("latin-1")[:512],
         }
         if scope["type"] == "websocket":
             fields["network.protocol"] = "websocket"
-        if self.ip:
-            fields["source.ip"] = self.ip
+        if verdict.ip:
+            fields["source.ip"] = verdict.ip
         if session is not None:
-            fields.update(
-                {
-                    "user.name": session.username,
-                    "user.id": session.sub,
-                    "session.id": session.sid,
-                    "onegate.groups": list(session.groups),
-                    "onegate.departments": list(session.departments),
-                    "onegate.acr": session.acr,
-                    "onegate.auth_age": max(0, int(time.time() - session.auth_time)),
-                }
-            )
-            if session.roles:
-                fields["user.roles"] = list(session.roles)
+            if subject is None or subject.session is not session:
+                subject = _Subject(session)
+            fields.update(subject.event_fields)
+            fields["onegate.auth_age"] = max(0, int(time.time() - session.auth_time))
         outcome = self.outcome
         if outcome is None:
             outcome = (
@@ -629,6 +687,58 @@ def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
         return client_ip(address) if address else None
     except ValueError:
         return None
+
+
+# What upstream_headers does with a client's header, by (lower-case) name.
+_PASS, _DROP, _COOKIE, _XFF = 0, 1, 2, 3
+_NAME_KINDS: dict[bytes, int] = {}
+_AUTHORITIES: dict[Origin, bytes] = {}
+
+
+def _name_kind(name: bytes) -> int:
+    """Hop-by-hop, Host, identity (any spelling), X-Request-ID and forwarding headers are
+    dropped (X-Forwarded-For kept from a trusted proxy); Cookie loses the gateway's cookie."""
+    if name in HOP_BY_HOP or name == b"host" or is_identity(name) or name == b"x-request-id":
+        kind = _DROP
+    elif name == b"x-forwarded-for":
+        kind = _XFF
+    elif name in FORWARDING:
+        kind = _DROP
+    elif name == b"cookie":
+        kind = _COOKIE
+    else:
+        kind = _PASS
+    if len(_NAME_KINDS) < 4096:
+        _NAME_KINDS[name] = kind
+    return kind
+
+
+def _authority(origin: Origin) -> bytes:
+    value = _AUTHORITIES.get(origin)
+    if value is None:
+        if len(_AUTHORITIES) >= 4096:
+            _AUTHORITIES.clear()
+        value = _AUTHORITIES[origin] = origin.authority.encode()
+    return value
+
+
+_HOSTS: dict[bytes, str | None] = {}
+_NONE: frozenset[str] = frozenset()
+
+
+def _host(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request's host (:func:`gateway.routes.host_of` of its one Host header), read once
+    per distinct header value."""
+    value = host_header(headers)
+    if value is None:
+        return None
+    host = _HOSTS.get(value, _HOSTS)
+    if host is _HOSTS:
+        host = host_of(value)
+        if len(_HOSTS) >= 4096:
+            _HOSTS.clear()
+        _HOSTS[value] = host
+    return host  # type: ignore[return-value]
 
 
 def _description(engine: PolicyEngine, rule_id: str) -> str | None:

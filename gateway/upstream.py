@@ -2,7 +2,7 @@
 
 One :class:`UpstreamPool` per gateway process keeps idle connections per :class:`Origin` and
 sends each request on one of them (RFC 9112). It is built on an asyncio ``Protocol`` (uvloop
-in production) with ``httptools`` (llhttp) parsing the response head; the body framing is read
+in production); the response head is parsed by one strict pattern and the body framing is read
 here, so that every size read from the network has a bound of its own.
 
 Request (RFC 9112 §3, §6): the request line, the caller's headers (``Host: host:port`` added
@@ -66,8 +66,6 @@ from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
-import httptools
-
 __all__ = ["Origin", "UpstreamError", "UpstreamErrorKind", "UpstreamPool", "UpstreamResponse"]
 
 UpstreamErrorKind = Literal["connect", "timeout", "protocol", "closed"]
@@ -97,6 +95,12 @@ _C_TRAILER = 3
 _HOST = re.compile(r"[a-z0-9_.-]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+# A response head (RFC 9112 §4, §5): the status line (the reason phrase may be left out), then
+# fields "token: value" with no control characters but HTAB and no line folding, then CRLF.
+_RESPONSE_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+)
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n\x00]*)?")
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
 
@@ -177,45 +181,6 @@ class Origin:
         return f"{self.scheme}://{self.authority}"
 
 
-class _HeadSink:
-    """httptools callbacks for one response head: fields kept in order, names lower-cased."""
-
-    __slots__ = ("close", "complete", "content_length", "headers", "limit", "reason", "transfer_encoding")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.content_length: list[bytes] = []
-        self.transfer_encoding: list[bytes] = []
-        self.reason = b""
-        self.close = False
-        self.complete = False
-
-    def on_status(self, status: bytes) -> None:
-        self.reason = status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) + len(self.transfer_encoding) >= self.limit:
-            raise _TooManyHeaders
-        name = name.lower()
-        value = value.rstrip(b" \t")  # llhttp leaves trailing whitespace, not part of the value
-        if name == b"transfer-encoding":
-            self.transfer_encoding.append(value)
-            return
-        if name == b"content-length":
-            self.content_length.append(value)
-        elif name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
-            self.close = True
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-
-class _TooManyHeaders(Exception):
-    pass
-
-
 class UpstreamResponse:
     """A response head, and its body to stream with :meth:`chunks`; always :meth:`aclose` it."""
 
@@ -239,6 +204,14 @@ class UpstreamResponse:
         self.headers = headers
         # How many bytes chunks() yields, when the head says so in advance (0 without a body).
         self.content_length = content_length
+
+    def complete_body(self) -> bytes | None:
+        """The whole body when all of it has arrived already (a small response comes with its
+        head), else None: stream it with :meth:`chunks`."""
+        conn = self._conn
+        if conn is None or conn.response is not self or conn.state != _DONE:
+            return None
+        return conn.take_all()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, de-chunked; raises :class:`UpstreamError` when it breaks off
@@ -517,6 +490,13 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
+    def take_all(self) -> bytes:
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
     def next_chunk(self) -> bytes | None:
         if not self._chunks:
             return None
@@ -570,23 +550,36 @@ class _Connection(asyncio.Protocol):
 
     def _parse_head(self, head: bytes) -> bool:
         """Parse one response head; True when it is the final one (the response is set)."""
-        sink = _HeadSink(self.pool.max_headers)
-        parser = httptools.HttpResponseParser(sink)
-        try:
-            parser.feed_data(head)
-        except httptools.HttpParserUpgrade:
-            pass  # a 101 head: parsed in full, the rest is not HTTP
-        except httptools.HttpParserCallbackError:
-            self.fail(UpstreamError("protocol", f"the response has more than {sink.limit} header fields"))
-            return False
-        except httptools.HttpParserError as e:
-            self.fail(UpstreamError("protocol", f"malformed response head ({e})"))
-            return False
-        status = parser.get_status_code()
-        version = parser.get_http_version()
-        if not sink.complete or version not in ("1.1", "1.0"):
+        match = _RESPONSE_HEAD.fullmatch(head)
+        if match is None:
             self.fail(UpstreamError("protocol", "malformed response head"))
             return False
+        minor, code, reason, block = match.groups()
+        status = int(code)
+        version = "1.1" if minor == b"1" else "1.0"
+        lines = block.split(b"\r\n")
+        lines.pop()  # the block ends with CRLF
+        if len(lines) > self.pool.max_headers:
+            self.fail(
+                UpstreamError("protocol", f"the response has more than {self.pool.max_headers} header fields")
+            )
+            return False
+        headers: list[tuple[bytes, bytes]] = []
+        content_lengths: list[bytes] = []
+        transfer_encoding: list[bytes] = []
+        close = False
+        for line in lines:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name == b"transfer-encoding":
+                transfer_encoding.append(value)
+                continue
+            if name == b"content-length":
+                content_lengths.append(value)
+            elif name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
+                close = True
+            headers.append((name, value))
         if 100 <= status < 200 and status != 101:  # interim (RFC 9110 §15.2): skip it
             self._interim += 1
             if self._interim > MAX_INTERIM:
@@ -594,28 +587,24 @@ class _Connection(asyncio.Protocol):
                 return False
             return False
         content_length: int | None = None
-        if sink.content_length:
-            value = sink.content_length[0].strip(b" \t")
-            if len(sink.content_length) > 1 or not value.isdigit() or len(value) > 18:
+        if content_lengths:
+            value = content_lengths[0]
+            if len(content_lengths) > 1 or not value.isdigit() or len(value) > 18:
                 self.fail(UpstreamError("protocol", "invalid or repeated Content-Length in the response"))
                 return False
             content_length = int(value)
         chunked = False
-        if sink.transfer_encoding:
+        if transfer_encoding:
             if content_length is not None:
                 self.fail(
                     UpstreamError("protocol", "the response has both Transfer-Encoding and Content-Length")
                 )
                 return False
-            if (
-                len(sink.transfer_encoding) > 1
-                or sink.transfer_encoding[0].strip(b" \t").lower() != b"chunked"
-            ):
+            if len(transfer_encoding) > 1 or transfer_encoding[0].lower() != b"chunked":
                 self.fail(UpstreamError("protocol", "unsupported Transfer-Encoding in the response"))
                 return False
             chunked = True
-        self._keep_alive = version == "1.1" and not sink.close and status != 101
-        headers = sink.headers
+        self._keep_alive = version == "1.1" and not close and status != 101
         if self._head_request or status in (101, 204, 304):  # RFC 9112 §6.3 rules 1 and 2
             self.state = _DONE
             if status in (204, 304) and content_length is not None:  # frames nothing here
@@ -634,7 +623,7 @@ class _Connection(asyncio.Protocol):
         self.response = UpstreamResponse(
             self,
             status=status,
-            reason=sink.reason,
+            reason=reason or b"",
             http_version=version,
             headers=headers,
             content_length=content_length,

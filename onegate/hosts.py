@@ -41,5 +41,7 @@ class HostRouter:
             if self._lifespan is not None:
                 await self._lifespan(scope, receive, send)
             return
-        app = self._apps.get(host_label(scope), self._default)
-        await app(scope, receive, send)
+        if self._apps:
+            await self._apps.get(host_label(scope), self._default)(scope, receive, send)
+        else:
+            await self._default(scope, receive, send)

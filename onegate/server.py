@@ -1,4 +1,5 @@
-"""Serve an ASGI app with uvicorn on one socket, and announce where once it is ready."""
+"""Serve an ASGI app with uvicorn (and our HTTP/1.1 front, onegate/front.py) on one socket, and
+announce where once it is ready."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from onegate.front import front_protocol
 
 __all__ = ["bind", "serve"]
 
@@ -50,6 +53,7 @@ async def serve(
     """Run until SIGINT / SIGTERM. ``on_ready`` runs once the server accepts connections."""
     config = uvicorn.Config(
         app,
+        http=front_protocol(app),  # body-less requests served lean, the rest by uvicorn's httptools
         lifespan="on",
         log_config=None,  # our structlog configuration stays in charge
         access_log=False,  # the web core writes its own access line, without query strings

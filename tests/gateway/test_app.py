@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from core.events import Event
-from gateway.app import _Access
+from gateway.app import Verdict, _Access
 from gateway.routes import Route, RouteTable, host_of
 from gateway.sessions import GatewaySession
 from gateway.upstream import Origin
@@ -43,7 +43,10 @@ ROUTE = Route(app="hr", hosts=("hr.example.gov",), origin=Origin.parse("http://1
 def _access(session: GatewaySession | None, kind: str = "http") -> _Access:
     scope = {"type": kind, "method": "POST", "headers": [(b"user-agent", b"Mozilla/5.0")]}
     decision = Decision(Effect.ALLOW, Reason.ALLOWED, ("hr-staff",))
-    access = _Access(scope, ROUTE, session, "10.1.2.3", "/people", decision, 10, "abcd", time.perf_counter())
+    verdict = Verdict(
+        "abcd", "10.1.2.3", route=ROUTE, session=session, decision=decision, path="/people", risk=10
+    )
+    access = _Access(scope, verdict, time.perf_counter())
     access.status, access.bytes = 201, 512
     return access
 

@@ -1,0 +1,470 @@
+"""The HTTP/1.1 front of a OneGate process: a lean server for the requests that make up nearly
+all traffic, handing every other connection to uvicorn.
+
+The gateway's hot path is a body-less request (``GET`` / ``HEAD``) from a browser or an API
+client on a kept-alive connection. uvicorn's general machinery (a parser callback per header, a
+request-response cycle object, an event and a task per request) costs about as much as
+everything the gateway itself does for such a request, so this protocol serves those requests
+itself and calls the same ASGI app, with the same scope, that uvicorn would have called:
+
+* a request head is accepted here only when it fits a strict subset of HTTP/1.1 (RFC 9112): a
+  ``GET`` or ``HEAD`` request line with an origin-form target of visible ASCII without ``#``,
+  header fields ``token ":" OWS value OWS`` with no control characters and no line folding,
+  exactly one ``Host``, no ``Transfer-Encoding``, no ``Content-Length`` but ``0``, no
+  ``Upgrade`` and no ``Expect``;
+* anything else — a request with a body, a WebSocket upgrade, HTTP/1.0, a head larger than
+  :data:`MAX_HEAD` or one this subset does not describe — hands the connection, with every byte
+  not yet answered, to uvicorn's own httptools protocol for the rest of its life. So what is
+  served here is unambiguous by construction, and every other case keeps uvicorn's handling
+  (and its error answers) exactly.
+
+Requests on one connection are answered one after the other (a pipelined request waits in the
+buffer; reading pauses when the buffer is large). Responses get uvicorn's framing: the app's
+``Content-Length``, else one computed when the whole body came in the first message, else
+chunked; header names and values with control characters are refused (a 500, or the connection
+cut when the head is already out). Idle kept-alive connections close after uvicorn's
+``timeout_keep_alive``, which also bounds how long a client may take to send a whole head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Message
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["MAX_HEAD", "FrontProtocol", "front_protocol"]
+
+_log = logging.getLogger("uvicorn.error")
+
+MAX_HEAD = 16 * 1024  # a longer head goes to uvicorn (which answers it as it always did)
+_READ_HIGH_WATER = 256 * 1024  # pipelined bytes buffered before reading pauses
+
+# The subset of RFC 9112 served here (see the module docstring); anything else goes to uvicorn.
+_HEAD = re.compile(
+    rb"(GET|HEAD) (/[\x21-\x22\x24-\x7e]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+)
+_REFUSED_FIELDS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
+_BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\\\[\]={} \t"]')
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY_STATUS = frozenset({204, 304})
+_STATUS_LINE = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in http.HTTPStatus
+}
+_DISCONNECT: Message = {"type": "http.disconnect"}
+_EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
+
+
+def front_protocol(app: ASGIApp) -> type[FrontProtocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``) for ``app``."""
+    return type("Front", (FrontProtocol,), {"asgi_app": staticmethod(app)})
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One client connection (module docstring). Made by uvicorn's server with uvicorn's
+    arguments, so that it can hand the connection to uvicorn's own protocol at any point."""
+
+    asgi_app: ASGIApp
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._loop = _loop or asyncio.get_event_loop()
+        self._keep_alive_timeout = config.timeout_keep_alive
+        self._root_path = config.root_path
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._busy = False  # a request is being answered
+        self._closing = False  # close once the current response is out
+        self._handed_off = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._server: tuple[str, int] | None = None
+        self._client: tuple[str, int] | None = None
+        self._scheme = "http"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)
+        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self._scheme = "https"
+        self._arm_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_state.connections.discard(self)
+        self._cancel_timer()
+        self._closing = True
+        lost = self._lost
+        if lost is not None and not lost.done():
+            lost.set_result(None)
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is gone (as uvicorn reads it): the transport closes
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > _READ_HIGH_WATER and not self._reading_paused:
+                self._reading_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self._next()
+
+    # -- uvicorn's server interface ---------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now when idle, else after the response in hand."""
+        self._closing = True
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start answering the buffered request, if a whole head is there."""
+        buffer = self._buffer
+        if not buffer or self._closing:
+            return
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            if len(buffer) >= MAX_HEAD or buffer.find(b"\n\n") >= 0:
+                self._hand_off()
+            return
+        end += 4
+        parsed = self._scope(buffer, end)
+        if parsed is None:
+            self._hand_off()
+            return
+        self._buffer = buffer[end:]
+        self._cancel_timer()
+        self._busy = True
+        task = self._loop.create_task(self._answer(*parsed))
+        tasks = self._server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _scope(self, buffer: bytes, end: int) -> tuple[dict[str, Any], bool] | None:
+        """The ASGI scope of the head ``buffer[:end]`` and whether the client asked to close
+        after it; None when it is not a head served here."""
+        match = _HEAD.fullmatch(buffer, 0, end)
+        if match is None:
+            return None
+        method, target, fields = match.groups()
+        headers: list[tuple[bytes, bytes]] = []
+        hosts = 0
+        close = False
+        for line in fields.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name in _REFUSED_FIELDS:
+                return None
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                if value != b"0":
+                    return None
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+            headers.append((name, value))
+        if hosts != 1:
+            return None
+        raw_path, _, query = target.partition(b"?")
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        root = self._root_path
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "method": "GET" if method == b"GET" else "HEAD",
+            "root_path": root,
+            "path": root + path,
+            "raw_path": root.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": self._app_state.copy(),
+        }
+        return scope, close
+
+    async def _answer(self, scope: dict[str, Any], close: bool) -> None:
+        response = _Response(self, scope)
+        response.keep_alive = not (close or self._closing)
+        try:
+            await self.asgi_app(scope, response.receive, response.send)
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                raise
+            _log.error("Exception in ASGI application", exc_info=e)
+            if not response.started:
+                response.fail()
+            else:
+                self._abort()
+            return
+        finally:
+            self._busy = False
+        if not response.complete:
+            if not response.started:
+                response.fail()
+            else:
+                self._abort()
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not response.keep_alive or self._closing:
+            transport.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if self._buffer:
+            self._next()
+        else:
+            self._arm_timer()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def drain(self) -> None:
+        if not self._write_paused or self._closing:
+            return
+        fut = self._loop.create_future()
+        self._drain = fut
+        try:
+            await fut
+        finally:
+            self._drain = None
+
+    def _wake_drain(self) -> None:
+        fut = self._drain
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def lost(self) -> asyncio.Future[None]:
+        """Done when the connection is gone."""
+        if self._lost is None:
+            self._lost = self._loop.create_future()
+            if self._transport is None or self._transport.is_closing():
+                self._lost.set_result(None)
+        return self._lost
+
+    def _abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self._keep_alive_timeout, self._idle_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if not self._busy and self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _hand_off(self) -> None:
+        """Give the connection, with every byte not yet answered, to uvicorn's protocol."""
+        transport = self._transport
+        if transport is None or self._handed_off:
+            return
+        self._handed_off = True
+        self._cancel_timer()
+        self._server_state.connections.discard(self)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        protocol = HttpToolsProtocol(
+            config=self._config,
+            server_state=self._server_state,
+            app_state=self._app_state,
+            _loop=self._loop,
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data, self._buffer = self._buffer, b""
+        if data:
+            protocol.data_received(data)
+
+
+class _Response:
+    """The ASGI ``receive`` / ``send`` pair of one body-less request on a :class:`FrontProtocol`."""
+
+    __slots__ = (
+        "_body_sent",
+        "_chunked",
+        "_head",
+        "_left",
+        "_protocol",
+        "_received",
+        "complete",
+        "keep_alive",
+        "method_head",
+        "started",
+        "status",
+    )
+
+    def __init__(self, protocol: FrontProtocol, scope: dict[str, Any]) -> None:
+        self._protocol = protocol
+        self._received = False
+        self._head: list[bytes] | None = None
+        self._chunked = False
+        self._left: int | None = None  # Content-Length still to send
+        self._body_sent = False
+        self.method_head = scope["method"] == "HEAD"
+        self.started = False
+        self.complete = False
+        self.keep_alive = True
+        self.status = 0
+
+    async def receive(self) -> Message:
+        if not self._received:
+            self._received = True
+            return _EMPTY_BODY
+        if not self.complete:
+            await self._protocol.lost()
+        return _DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        protocol = self._protocol
+        kind = message["type"]
+        if not self.started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {kind!r}.")
+            self._start(message)
+            return
+        if self.complete:
+            raise RuntimeError(f"Unexpected ASGI message {kind!r} after the response was complete.")
+        if kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {kind!r}.")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        head = self._head
+        if head is not None:  # the head waits for the first body: its length may be known now
+            self._head = None
+            if self._left is None and not self._chunked and self._has_body():
+                if more:
+                    self._chunked = True
+                    head.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self._left = len(body)
+                    head.append(b"content-length: %d\r\n" % len(body))
+            head.append(b"\r\n")
+            if self._has_body() and body and not self._chunked:
+                head.append(body)
+                self._account(len(body))
+                protocol.write(b"".join(head))
+                body = b""
+            else:
+                protocol.write(b"".join(head))
+        if body and self._has_body():
+            if self._chunked:
+                protocol.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                self._account(len(body))
+                protocol.write(body)
+        if not more:
+            if self._chunked and self._has_body():
+                protocol.write(b"0\r\n\r\n")
+            elif self._left and self._has_body():
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.complete = True
+        elif protocol._write_paused:
+            await protocol.drain()
+
+    def _start(self, message: Message) -> None:
+        status = message["status"]
+        line = _STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
+        head = [line]
+        for name, value in self._protocol._server_state.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        close_sent = False
+        for raw_name, value in message.get("headers", ()):
+            if _BAD_NAME.search(raw_name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if _BAD_VALUE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = raw_name.lower()
+            if name == b"content-length" and self._left is None and not self._chunked:
+                self._left = int(value)
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self._chunked, self._left = True, None
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+                close_sent = True
+            head += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not close_sent:
+            head.append(b"connection: close\r\n")
+        self.status = status
+        self.started = True
+        self._head = head
+
+    def _has_body(self) -> bool:
+        return not self.method_head and self.status not in _NO_BODY_STATUS and self.status >= 200
+
+    def _account(self, size: int) -> None:
+        if self._left is not None:
+            if size > self._left:
+                raise RuntimeError("Response content longer than Content-Length")
+            self._left -= size
+
+    def fail(self) -> None:
+        """A 500 for an app that failed before it started its response."""
+        self.keep_alive = False
+        self._protocol.write(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: 21\r\n\r\nInternal Server Error"
+        )
+        self._protocol._closing = True
+        transport = self._protocol._transport
+        if transport is not None:
+            transport.close()
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
