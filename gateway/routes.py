@@ -1,7 +1,9 @@
 """Which application a request is for: by Host, then by the longest path prefix.
 
-Routes come from ``gateway.routes`` (docs/gateway.md) and may be replaced at run time (the admin
-API): :class:`RouteTable` is immutable and the gateway swaps the whole table in one assignment.
+Routes come from ``gateway.routes`` (docs/gateway.md) and from the route store (the admin API and
+``onegate gateway routes``, :mod:`gateway.route_store`): :class:`RouteTable` is immutable and the
+gateway swaps the whole table in one assignment. :func:`compose` puts the two sources together;
+the configuration wins (a stored route that names a configured application or host is left out).
 A host is matched without its port and case-insensitively; a request whose host no route names
 is refused (421), never sent to some default upstream.
 """
@@ -15,7 +17,24 @@ from core.settings import GatewayRoute
 from gateway.upstream import Origin
 from policy.normalize import PathRejected, canonical_path
 
-__all__ = ["Route", "RouteTable", "host_header", "host_of"]
+__all__ = [
+    "Conflict",
+    "Route",
+    "RouteSettingError",
+    "RouteTable",
+    "compose",
+    "find_conflict",
+    "host_header",
+    "host_of",
+]
+
+
+class RouteSettingError(ValueError):
+    """A route's setting that does not parse; ``field`` names it (``path_prefix``, ``upstream``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +58,13 @@ class Route:
         try:
             prefix = canonical_path(route.path_prefix).key.rstrip("/") or "/"
         except PathRejected as e:
-            raise ValueError(f"gateway route {route.app}: path_prefix {route.path_prefix!r}: {e}") from e
+            raise RouteSettingError(
+                "path_prefix", f"gateway route {route.app}: path_prefix {route.path_prefix!r}: {e}"
+            ) from e
         try:
             origin = Origin.parse(route.upstream) if route.upstream else None
         except ValueError as e:
-            raise ValueError(f"gateway route {route.app}: upstream: {e}") from e
+            raise RouteSettingError("upstream", f"gateway route {route.app}: upstream: {e}") from e
         return cls(
             app=route.app,
             hosts=tuple(route.hosts),
@@ -109,6 +130,10 @@ class RouteTable:
     def hosts(self) -> list[str]:
         return sorted(self._by_host)
 
+    def on_host(self, host: str) -> tuple[Route, ...]:
+        """The routes of ``host``, longest prefix first."""
+        return self._by_host.get(host, ())
+
     def match(self, host: str, key: str) -> Route | None:
         """The route for a host and a canonical path key, or None."""
         for route in self._by_host.get(host, ()):
@@ -126,3 +151,81 @@ class RouteTable:
 
     def for_app(self, app: str) -> list[Route]:
         return [r for rs in self._by_host.values() for r in rs if r.app == app]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Why a route cannot join a table: ``kind`` is ``config_app`` (the configuration routes the
+    same application), ``config_host`` (the configuration routes one of its hosts) or ``host``
+    (another route has the same host and path prefix); ``other`` is the application in the way."""
+
+    kind: str
+    other: str
+    host: str | None = None
+    path_prefix: str | None = None
+
+    @property
+    def message_en(self) -> str:
+        if self.kind == "config_app":
+            return (
+                f"application {self.other} is routed by the configuration file; configuration routes "
+                "take precedence: change it there"
+            )
+        if self.kind == "config_host":
+            return (
+                f"host {self.host} is routed by the configuration file (application {self.other}); "
+                "configuration routes take precedence: change it there"
+            )
+        return (
+            f"host {self.host} with path prefix {self.path_prefix} is already routed to "
+            f"application {self.other}"
+        )
+
+    @property
+    def message_zh(self) -> str:
+        if self.kind == "config_app":
+            return f"应用 {self.other} 由配置文件定义路由，配置文件优先：请在配置文件中修改"
+        if self.kind == "config_host":
+            return f"主机 {self.host} 已由配置文件路由到应用 {self.other}，配置文件优先：请在配置文件中修改"
+        return f"主机 {self.host} 的路径前缀 {self.path_prefix} 已路由到应用 {self.other}"
+
+
+def find_conflict(route: Route, config: RouteTable, others: Iterable[Route]) -> Conflict | None:
+    """The first reason ``route`` cannot join the configured routes ``config`` and the other
+    added routes ``others`` (of other applications), or None.
+
+    The configuration owns its applications and its hosts entirely: an added route may not take
+    a path of a configured host, even a longer prefix, since that would take requests away from
+    the configured application. Among added routes, a host may be shared by prefix, as in the
+    configuration, but not with the same prefix."""
+    if route.app in config.apps:
+        return Conflict("config_app", route.app)
+    for host in route.hosts:
+        if host in config:
+            return Conflict("config_host", config.on_host(host)[0].app, host=host)
+    for other in others:
+        if other.app == route.app or other.path_prefix != route.path_prefix:
+            continue
+        for host in route.hosts:
+            if host in other.hosts:
+                return Conflict("host", other.app, host=host, path_prefix=route.path_prefix)
+    return None
+
+
+def compose(
+    config: Iterable[Route], added: Iterable[Route]
+) -> tuple[RouteTable, list[tuple[Route, Conflict]]]:
+    """The table of the configured routes plus the added ones that do not conflict with them or
+    with an added route before them; and the routes left out, each with why (the configuration
+    wins: it may have changed since a route was added)."""
+    configured = list(config)
+    base = RouteTable(configured)
+    accepted: list[Route] = []
+    left_out: list[tuple[Route, Conflict]] = []
+    for route in added:
+        conflict = find_conflict(route, base, accepted)
+        if conflict is not None:
+            left_out.append((route, conflict))
+        else:
+            accepted.append(route)
+    return RouteTable([*configured, *accepted]), left_out

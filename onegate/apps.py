@@ -64,7 +64,8 @@ def role_app(runtime: Runtime, role: str) -> Starlette:
 
 
 class _Lifespan:
-    """Start and stop what runs in the background: the event bus, back-channel deliveries."""
+    """Start and stop what runs in the background: the event bus, back-channel deliveries, the
+    watchers of routes, policy and client changes."""
 
     def __init__(
         self,
@@ -100,15 +101,16 @@ class _Lifespan:
 def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
     """The ASGI app serving ``role`` (one of :data:`ROLES`); ``port`` is the public port.
 
-    The gateway serves the hosts of ``gateway.routes`` (and ``/.onegate/`` everywhere); requests
-    for ``localhost`` or an address go to the role's portal page and health endpoints.
+    The gateway serves the hosts of ``gateway.routes`` and of the routes added at run time (and
+    ``/.onegate/`` everywhere); requests for ``localhost`` or an address go to the role's portal
+    page and health endpoints. The IdP role app carries the admin API (``/api/admin/v1``).
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     issuer = runtime.settings.idp.issuer or default_issuer(port)
     if role == "idp":
         idp = build_idp_app(runtime, issuer=issuer)
-        return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close]))
+        return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close], [idp.start]))
     if role == "soc":
         return HostRouter({}, default=role_app(runtime, role), lifespan=_Lifespan(runtime))
     gateway = build_gateway_app(runtime, issuer=issuer, port=port, fallback=role_app(runtime, "gateway"))
@@ -120,5 +122,5 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
     return HostRouter(
         {"idp": idp.app, "soc": role_app(runtime, "soc")},
         default=gateway.app,
-        lifespan=_Lifespan(runtime, [gateway.close, idp.close], [gateway.start]),
+        lifespan=_Lifespan(runtime, [gateway.close, idp.close], [idp.start, gateway.start]),
     )

@@ -24,6 +24,7 @@ from keyvault import (
 )
 from mfa.totp import TotpService
 from onegate import __version__
+from onegate.cli_admin import admin_app
 from onegate.cli_clients import app as clients_app
 from onegate.cli_common import (
     ConfigFile,
@@ -37,6 +38,7 @@ from onegate.cli_common import (
     with_runtime,
 )
 from onegate.cli_policy import policy_app
+from onegate.cli_routes import gateway_app
 from onegate.cli_users import app as users_app
 from onegate.runtime import Runtime, open_vault
 
@@ -57,6 +59,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="user")
 app.add_typer(clients_app, name="client")
 app.add_typer(policy_app, name="policy")
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(admin_app, name="admin")
 
 
 def version_callback(value: bool) -> None:

@@ -1,17 +1,24 @@
 """Assemble the gateway role: routes, sessions, policy watcher, upstream pool, assertions, the
 OIDC relying party, and the control app for ``/.onegate/`` and the gateway's pages.
 
+The routes are ``gateway.routes`` plus the routes added at run time (the admin API, ``onegate
+gateway routes``): a :class:`~gateway.route_watcher.RouteWatcher` follows the route store and
+swaps each new table into the gateway in one assignment (``gateway.routes = table``). Upstream
+connection pools are made per pair of timeouts, when a route first needs one.
+
 With this deployment's own IdP (``gateway.issuer`` unset) the gateway registers itself as a
 first-party OIDC client at start-up (``gateway.client_id``): its secret is derived from a
 keyvault secret, so every gateway process of the deployment knows it without configuration, and
-its redirect URIs follow ``gateway.routes``. With another OIDC provider, register the gateway
-there (docs/gateway.md) and set ``gateway.issuer``, ``gateway.client_id`` and
-``gateway.client_secret``.
+its redirect URIs follow the routed hosts — again whenever they change, so that signing in works
+on a newly added host. With another OIDC provider, register the gateway there (docs/gateway.md)
+and set ``gateway.issuer``, ``gateway.client_id`` and ``gateway.client_secret``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,12 +40,16 @@ from gateway.assertion import AssertionIssuer
 from gateway.endpoints import ControlContext, control_routes, page
 from gateway.oidc import OidcClient
 from gateway.risk import RiskScores
+from gateway.route_store import RouteStore
+from gateway.route_watcher import RouteWatcher
 from gateway.routes import Route, RouteTable
 from gateway.sessions import GatewaySessions
 from gateway.upstream import UpstreamPool
 from gateway.websocket import bridge
+from idp.clients.errors import InvalidClientMetadata
 from idp.clients.services import ClientRegistry
 from onegate.bootstrap import CSRF_KEY_NAME
+from onegate.client_updates import announce
 from onegate.own_clients import ensure_own_client, keyvault_secret
 from onegate.runtime import Runtime
 from policy.versions import PolicyStore, PolicyWatcher
@@ -50,6 +61,9 @@ _log = get_logger("onegate.gateway")
 GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 SECRET_NAME = "gateway-oidc-client-secret"  # noqa: S105 - the name of a keyvault secret
 MAX_REDIRECT_URIS = 20  # what the IdP accepts per client
+# Registering again after a change of the routed hosts: tries, when another process's update
+# of the same client overwrote this one's (each try reads the client afresh).
+_REGISTER_TRIES = 5
 GATEWAY_SCOPES = ("openid", "profile", "email", "groups", "department")
 
 
@@ -150,6 +164,72 @@ async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, s
     )
 
 
+class _Registration:
+    """Keeps the gateway's registration at the built-in IdP in step with the routed hosts.
+
+    Every gateway process registers its own callbacks and keeps the other processes' ones for
+    the hosts still routed (:func:`_register_client`); two processes updating the client at the
+    same moment can overwrite each other, so after each update the registration is read back and
+    done again (after a short random pause) until this process's callbacks are in it."""
+
+    def __init__(self, runtime: Runtime, routes: Callable[[], RouteTable], *, port: int, secret: str) -> None:
+        self._runtime = runtime
+        self._routes = routes
+        self._port = port
+        self._secret = secret
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self.active = False  # set at start-up: route changes before it are registered then
+        self.hosts: frozenset[str] | None = None  # the hosts last registered
+
+    async def register(self) -> bool:
+        """Register for the routes in use now; True when the IdP has every callback of them."""
+        routes = self._routes()
+        settings = self._runtime.settings
+        wanted = set(gateway_redirect_uris(routes, https=settings.server.https, port=self._port))
+        for attempt in range(_REGISTER_TRIES):
+            try:
+                await _register_client(self._runtime, routes, port=self._port, secret=self._secret)
+                registry = ClientRegistry(self._runtime.sessions, self._runtime.vault.secrets)
+                client = await registry.get(settings.gateway.client_id, include_disabled=True)
+                if client is not None and wanted <= set(client.redirect_uris):
+                    self.hosts = frozenset(routes.hosts())
+                    await announce(self._runtime.kv, settings.gateway.client_id)
+                    return True
+            except InvalidClientMetadata as e:  # trying again would not help (e.g. http hosts)
+                _log.error("gateway client not registered at the IdP", error=str(e))
+                return False
+            except Exception as e:  # the gateway keeps serving; sign-in reports the problem
+                _log.error("gateway client not registered at the IdP", error=str(e), attempt=attempt + 1)
+            await asyncio.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - a pause, not a secret
+        _log.error("gateway callbacks not all registered at the IdP", hosts=len(routes.hosts()))
+        return False
+
+    def hosts_changed(self, table: RouteTable) -> None:
+        """Register again (in the background) when ``table`` routes other hosts than the last
+        registration (or when that one failed)."""
+        if not self.active or (self.hosts is not None and frozenset(table.hosts()) == self.hosts):
+            return
+        if self._task is not None and not self._task.done():
+            self._again = True  # the run in progress registers once more when it ends
+            return
+        self._task = asyncio.create_task(self._run(), name="gateway-client-registration")
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            await self.register()
+            if not self._again:
+                return
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 def build_gateway_app(
     runtime: Runtime, *, issuer: str, port: int, fallback: ASGIApp | None = None
 ) -> GatewayApp:
@@ -157,6 +237,7 @@ def build_gateway_app(
     settings = runtime.settings
     options = settings.gateway
     routes = RouteTable.from_settings(options.routes)
+    route_store = RouteStore(runtime.sessions, runtime.kv, runtime.bus, config=options.routes)
     sessions = GatewaySessions(
         runtime.kv,
         idle_timeout=options.session_idle_timeout,
@@ -164,16 +245,19 @@ def build_gateway_app(
     )
     store = PolicyStore(runtime.sessions, runtime.kv, runtime.bus)
     watcher = PolicyWatcher(store, runtime.kv)
-    pools = {
-        (r.connect_timeout, r.read_timeout): UpstreamPool(
-            connect_timeout=r.connect_timeout, read_timeout=r.read_timeout
-        )
-        for r in routes.all()
-    }
-    default_pool = UpstreamPool()
+    pools: dict[tuple[float, float], UpstreamPool] = {}
 
     def pool_for(route: Route) -> UpstreamPool:
-        return pools.get((route.connect_timeout, route.read_timeout), default_pool)
+        # One pool per pair of timeouts, made when a route first needs it (an added route may
+        # bring a new pair at any time). Without an await, so no two requests make two pools.
+        key = (route.connect_timeout, route.read_timeout)
+        pool = pools.get(key)
+        if pool is None:
+            pool = pools[key] = UpstreamPool(connect_timeout=key[0], read_timeout=key[1])
+        return pool
+
+    for route in routes.all():
+        pool_for(route)
 
     builtin = options.issuer is None
     secret = options.client_secret
@@ -221,20 +305,29 @@ def build_gateway_app(
     )
     control.state.gateway = context
     gateway.set_control(control)
+    registration = _Registration(runtime, lambda: gateway.routes, port=port, secret=secret)
+
+    def swap(table: RouteTable) -> None:
+        gateway.routes = table  # one assignment: a request sees the old table or the new one
+        if builtin:
+            registration.hosts_changed(table)
+
+    route_watcher = RouteWatcher(route_store, runtime.kv, on_change=swap)
 
     async def start() -> None:
+        await route_watcher.start()  # the added routes first: the registration covers their hosts
         if builtin:
-            try:
-                await _register_client(runtime, routes, port=port, secret=secret)
-            except Exception as e:  # the gateway still starts; sign-in reports the problem
-                _log.error("gateway client not registered at the IdP", error=str(e))
+            registration.active = True
+            await registration.register()
         await watcher.start()
         sessions.start()
 
     async def close() -> None:
         await sessions.stop()
+        await route_watcher.stop()
+        await registration.stop()
         await watcher.stop()
-        for pool in [*pools.values(), default_pool]:
+        for pool in list(pools.values()):
             await pool.close()
         await oidc.close()
 

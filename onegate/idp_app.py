@@ -1,13 +1,15 @@
-"""Assemble the identity provider's web app from the runtime (the idp role)."""
+"""Assemble the identity provider's web app from the runtime (the idp role), with the admin API
+mounted at ``/api/admin/v1`` (onegate.admin; bearer keys, so exempt from CSRF, errors in JSON)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 import idp.endpoints.routes as protocol
 import idp.pages.routes as pages
@@ -24,7 +26,10 @@ from idp.pending import PendingStore
 from idp.sessions import SessionStore
 from idp.tokens import TokenService
 from mfa.services import MfaServices
+from onegate.admin.api import PREFIX as ADMIN_PREFIX
+from onegate.admin.app import build_admin_api
 from onegate.bootstrap import CSRF_KEY_NAME
+from onegate.client_updates import ClientCacheFollower
 from onegate.runtime import Runtime
 
 __all__ = ["IdpApp", "build_idp_app", "default_issuer"]
@@ -49,8 +54,15 @@ class IdpApp:
     context: IdpContext
     clients: ClientRegistry
     backchannel: BackChannelLogout
+    follower: ClientCacheFollower | None = field(default=None)
+
+    async def start(self) -> None:
+        if self.follower is not None:
+            await self.follower.start()
 
     async def close(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
         await self.backchannel.drain()
 
 
@@ -92,6 +104,8 @@ def build_idp_app(runtime: Runtime, *, issuer: str) -> IdpApp:
         trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
         session_listeners=(backchannel,),
     )
+    # No gateway route may take the IdP's own host name.
+    admin = build_admin_api(runtime, reserved_hosts=[h for h in [urlsplit(issuer).hostname] if h])
     app = create_web_app(
         name="idp",
         routes=[
@@ -100,6 +114,7 @@ def build_idp_app(runtime: Runtime, *, issuer: str) -> IdpApp:
             ),
             *pages.routes(ctx, consents=consents),
             Route("/", _home, methods=["GET"]),
+            Mount(ADMIN_PREFIX, app=admin),
         ],
         csrf_secret=vault.secrets.get_or_create(CSRF_KEY_NAME),
         readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
@@ -109,5 +124,8 @@ def build_idp_app(runtime: Runtime, *, issuer: str) -> IdpApp:
         https=settings.server.https,
         form_action=FORM_ACTION,
         csrf_exempt_paths=protocol.CSRF_EXEMPT_PATHS,
+        csrf_exempt_prefixes=(ADMIN_PREFIX + "/",),
+        json_path_prefixes=(ADMIN_PREFIX + "/",),
     )
-    return IdpApp(app=app, context=ctx, clients=clients, backchannel=backchannel)
+    follower = ClientCacheFollower(clients, kv)
+    return IdpApp(app=app, context=ctx, clients=clients, backchannel=backchannel, follower=follower)

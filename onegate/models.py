@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from core.db import metadata
+from gateway import models as gateway_models
 from idp.clients import models as client_models
 from idp.directory import models as directory_models
 from mfa import models as mfa_models
+from onegate.admin import models as admin_models
 from policy import models as policy_models
 
-__all__ = ["client_models", "directory_models", "metadata", "mfa_models", "policy_models"]
+__all__ = [
+    "admin_models",
+    "client_models",
+    "directory_models",
+    "gateway_models",
+    "metadata",
+    "mfa_models",
+    "policy_models",
+]
