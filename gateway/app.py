@@ -255,8 +255,13 @@ class Gateway:
         if route is None:
             return Verdict(request_id, ip, page=PageInfo("no_route", 404, request_id))
         try:
-            session = await self.sessions.from_cookie(cookie, host)
-            risk = await self._risk.score(session.username) if session is not None else 0
+            session = self.sessions.peek(cookie, host)
+            if session is False:
+                session = await self.sessions.from_cookie(cookie, host)
+            risk = 0
+            if session is not None:
+                cached = self._risk.cached(session.username)
+                risk = cached if cached is not None else await self._risk.score(session.username)
         except KVError as e:
             _log.error("session store unavailable", error=str(e), request_id=request_id)
             return Verdict(request_id, ip, page=PageInfo("unavailable", 503, request_id, route.app))
@@ -420,7 +425,7 @@ class Gateway:
         method: str = scope["method"]
         query: bytes = scope.get("query_string", b"")
         target = verdict.path.encode() + (b"?" + query if query else b"")
-        length = _content_length(scope["headers"])
+        length, chunked = _framing(scope["headers"])
         if length == -1:  # the HTTP server checks framing first; never guess if one did not
             await self._page(scope, receive, send, PageInfo("bad_request", 400, request_id, route.app))
             access.status = 400
@@ -431,8 +436,7 @@ class Gateway:
             access.status = 413
             return
         body: _Body | bytes | None
-        has_body = length is not None or any(n == b"transfer-encoding" for n, _ in scope["headers"])
-        if has_body and length != 0:
+        if (length is not None or chunked) and length != 0:
             body = _Body(receive, limit)
             if length is not None:
                 headers.append((b"content-length", str(length).encode()))
@@ -746,11 +750,18 @@ def _description(engine: PolicyEngine, rule_id: str) -> str | None:
     return rule.description if rule is not None and rule.description else None
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """The request's Content-Length (-1 when malformed, None when absent) and whether it has a
+    Transfer-Encoding."""
+    length: int | None = None
+    chunked = False
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() and len(value) < 19 else -1
-    return None
+            if length is None:
+                length = int(value) if value.isdigit() and len(value) < 19 else -1
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 def _return_to(scope: Scope) -> str:

@@ -32,6 +32,13 @@ class RiskScores:
         self._clock = clock
         self._cache: dict[str, tuple[float, int]] = {}
 
+    def cached(self, username: str) -> int | None:
+        """The score as read within the last second, or None (then :meth:`score` reads it)."""
+        cached = self._cache.get(username)
+        if cached is not None and self._clock() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        return None
+
     async def score(self, username: str) -> int:
         """The user's current score, 0-100 (0 when none is set). A store that cannot be read
         gives 100: fail closed, the policy's risk ceilings then refuse."""

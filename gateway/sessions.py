@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from core.kv import KV, KVError
 from core.logging import get_logger
@@ -175,6 +175,29 @@ class GatewaySessions:
         if session is None or session.host != host:
             return None
         if not hmac.compare_digest(session.secret_hash, digest(secret)):
+            return None
+        return session
+
+    def peek(self, cookie: str | None, host: str) -> GatewaySession | Literal[False] | None:
+        """:meth:`from_cookie` answered from this process's cache alone; False when the store
+        must be read (not cached within the last second, or due to be renewed)."""
+        if not cookie or len(cookie) > 200:
+            return None
+        sid, dot, secret = cookie.partition(".")
+        if not dot or not sid or not secret:
+            return None
+        cached = self._cache.get(sid)
+        if cached is None:
+            return False
+        now = self._clock()
+        session = cached[1]
+        if (
+            now - cached[0] >= CACHE_SECONDS
+            or now >= session.expires_at
+            or now - session.last_seen >= min(self._idle, _TOUCH_EVERY)
+        ):
+            return False
+        if session.host != host or not hmac.compare_digest(session.secret_hash, digest(secret)):
             return None
         return session
 

@@ -10,7 +10,7 @@ itself and calls the same ASGI app, with the same scope, that uvicorn would have
 * a request head is accepted here only when it fits a strict subset of HTTP/1.1 (RFC 9112): a
   ``GET`` or ``HEAD`` request line with an origin-form target of visible ASCII without ``#``,
   header fields ``token ":" OWS value OWS`` with no control characters and no line folding,
-  exactly one ``Host``, no ``Transfer-Encoding``, no ``Content-Length`` but ``0``, no
+  exactly one ``Host``, no ``Transfer-Encoding``, at most one ``Content-Length``, of ``0``, no
   ``Upgrade`` and no ``Expect``;
 * anything else — a request with a body, a WebSocket upgrade, HTTP/1.0, a head larger than
   :data:`MAX_HEAD` or one this subset does not describe — hands the connection, with every byte
@@ -181,7 +181,7 @@ class FrontProtocol(asyncio.Protocol):
             return None
         method, target, fields = match.groups()
         headers: list[tuple[bytes, bytes]] = []
-        hosts = 0
+        hosts = lengths = 0
         close = False
         for line in fields.split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
@@ -192,8 +192,9 @@ class FrontProtocol(asyncio.Protocol):
             if name == b"host":
                 hosts += 1
             elif name == b"content-length":
-                if value != b"0":
+                if value != b"0" or lengths:
                     return None
+                lengths += 1
             elif name == b"connection" and b"close" in value.lower():
                 close = True
             headers.append((name, value))

@@ -142,3 +142,45 @@ async def test_without_the_announcement_the_cache_still_expires_within_a_second(
     assert await two.from_cookie(cookie, "hr.example.gov") is not None  # cached
     clock.now += CACHE_SECONDS
     assert await two.from_cookie(cookie, "hr.example.gov") is None
+
+
+async def test_the_cache_only_answer_agrees_with_the_store(kv: KV) -> None:
+    """``peek`` (the proxy's first look) answers from the cache or says "ask the store"."""
+    clock = Clock()
+    writer = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)
+    sid, cookie = await _create(writer)
+    reader = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)
+    assert reader.peek(cookie, "hr.example.gov") is False  # never read here
+    found = await reader.from_cookie(cookie, "hr.example.gov")
+    assert found is not None and reader.peek(cookie, "hr.example.gov") is found
+    assert reader.peek(cookie, "permits.example.gov") is None
+    assert reader.peek(f"{sid}.not-the-secret", "hr.example.gov") is None
+    for bad in ("", "no-dot", ".", f"{sid}.", "x" * 300, None):
+        assert reader.peek(bad, "hr.example.gov") is None
+    clock.now += CACHE_SECONDS  # a second later the store is asked again
+    assert reader.peek(cookie, "hr.example.gov") is False
+    assert await reader.from_cookie(cookie, "hr.example.gov") is not None
+    await reader.revoke(sid)
+    assert reader.peek(cookie, "hr.example.gov") is False
+    assert await reader.from_cookie(cookie, "hr.example.gov") is None
+
+
+async def test_risk_scores_are_cached_for_a_second_and_fail_closed(kv: KV) -> None:
+    from core.kv import RedisKV
+    from gateway.risk import RiskScores
+
+    clock = Clock()
+    scores = RiskScores(kv, clock=clock)
+    assert scores.cached("zhangwei") is None
+    assert await scores.score("zhangwei") == 0 and scores.cached("zhangwei") == 0
+    await RiskScores(kv).set("zhangwei", 85, ttl=60)  # another process raises it
+    assert scores.cached("zhangwei") == 0  # this one still holds last second's reading
+    clock.now += 1.0
+    assert scores.cached("zhangwei") is None and await scores.score("zhangwei") == 85
+    await kv.set("risk:user:lisi", b"not a number")
+    assert await scores.score("lisi") == 100
+    dead = RedisKV("redis://127.0.0.1:1/0", prefix="x:", connect_timeout=0.3)
+    try:
+        assert await RiskScores(dead).score("zhangwei") == 100  # the store is down: fail closed
+    finally:
+        await dead.close()
