@@ -97,6 +97,7 @@ class FrontProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # None while a request is being answered
         self._server: tuple[str, int] | None = None
         self._client: tuple[str, int] | None = None
         self._scheme = "http"
@@ -166,7 +167,7 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_off()
             return
         self._buffer = buffer[end:]
-        self._cancel_timer()
+        self._idle_since = None
         self._busy = True
         task = self._loop.create_task(self._answer(*parsed))
         tasks = self._server_state.tasks
@@ -253,10 +254,9 @@ class FrontProtocol(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
+        self._arm_timer()
         if self._buffer:
             self._next()
-        else:
-            self._arm_timer()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -294,8 +294,12 @@ class FrontProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def _arm_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(self._keep_alive_timeout, self._idle_timeout)
+        """The connection is idle from now: close it after the keep-alive timeout unless a whole
+        head comes first. One timer per idle period, not one per request: when it fires early
+        (the connection was busy meanwhile), it waits for the rest of the current idle period."""
+        self._idle_since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._idle_since + self._keep_alive_timeout, self._idle_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -304,8 +308,14 @@ class FrontProtocol(asyncio.Protocol):
 
     def _idle_timeout(self) -> None:
         self._timer = None
-        if not self._busy and self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        since, transport = self._idle_since, self._transport
+        if since is None or self._busy or transport is None or transport.is_closing():
+            return  # answering: the answer starts the next idle period
+        deadline = since + self._keep_alive_timeout
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._idle_timeout)
+            return
+        transport.close()
 
     def _hand_off(self) -> None:
         """Give the connection, with every byte not yet answered, to uvicorn's protocol."""
