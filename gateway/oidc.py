@@ -48,19 +48,22 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from joserfc import jws
-from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
 from core.logging import get_logger
 from keyvault.errors import TokenInvalid
 from keyvault.jws import b64url_decode, b64url_encode, decode_json_segment, split_compact
 from mfa.levels import level, lowest_known
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.abc import AbstractResolver, ResolveResult
+    from joserfc.jwk import Key
+
+# aiohttp and joserfc are imported where a sign-in first needs them, not with this module: a
+# gateway process that never signs anyone in (behind a load balancer, one of several) does
+# not keep them in memory.
 
 __all__ = [
     "ACR_NOT_MET",
@@ -258,12 +261,16 @@ class LogoutNotice:
 # -- networking -----------------------------------------------------------------------------------
 
 
-class _AddressMap(AbstractResolver):
+class _AddressMap:
     """Connects to fixed addresses for some host names and resolves the rest normally.
 
     Only the TCP connection changes: the URL, the Host header and the TLS server name stay the
     host name's. With no map, every ``*.localhost`` (and ``localhost``) goes to 127.0.0.1, as
     RFC 6761 §6.3 reserves them for loopback.
+
+    An aiohttp resolver by its two methods (``resolve``, ``close``), which is all aiohttp's
+    connector calls; not a subclass of ``aiohttp.abc.AbstractResolver``, which would import
+    aiohttp with this module.
     """
 
     def __init__(self, mapping: Mapping[str, str] | None) -> None:
@@ -280,14 +287,20 @@ class _AddressMap(AbstractResolver):
             address = "127.0.0.1"
         if address is None:
             if self._fallback is None:
-                self._fallback = aiohttp.DefaultResolver()
+                from aiohttp import DefaultResolver
+
+                self._fallback = DefaultResolver()
             return await self._fallback.resolve(host, port, family)
         kind = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        return [
-            ResolveResult(
-                hostname=host, host=address, port=port, family=kind, proto=0, flags=socket.AI_NUMERICHOST
-            )
-        ]
+        result: ResolveResult = {
+            "hostname": host,
+            "host": address,
+            "port": port,
+            "family": kind,
+            "proto": 0,
+            "flags": socket.AI_NUMERICHOST,
+        }
+        return [result]
 
     async def close(self) -> None:
         if self._fallback is not None:
@@ -321,6 +334,9 @@ def _trusted_key(member: Any) -> _TrustedKey | None:
         return None
     if _PRIVATE_MEMBERS & member.keys():  # a published private or symmetric key: trust none of it
         return None
+    from joserfc.errors import JoseError, SecurityWarning
+    from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+
     kty, crv = member.get("kty"), member.get("crv")
     if kty == "EC" and crv in _EC_ALGORITHMS:
         algorithms = frozenset({_EC_ALGORITHMS[crv]})
@@ -603,8 +619,11 @@ class OidcClient:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._http is None or self._http.closed:
-            connector = aiohttp.TCPConnector(resolver=self._resolver, ssl=self._ssl, limit=32)
+            resolver = cast("AbstractResolver", self._resolver)  # see _AddressMap
+            connector = aiohttp.TCPConnector(resolver=resolver, ssl=self._ssl, limit=32)
             self._http = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
@@ -626,6 +645,8 @@ class OidcClient:
     ) -> tuple[int, bytes]:
         """One request; the status and a body of at most ``limit`` bytes. Redirects are not
         followed (a token request is never re-sent elsewhere)."""
+        from aiohttp import ClientError
+
         try:
             async with self._session().request(
                 method, url, data=data, headers=headers, allow_redirects=False
@@ -640,7 +661,7 @@ class OidcClient:
                 return response.status, bytes(body)
         except LoginError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+        except (ClientError, TimeoutError, OSError, ValueError) as e:
             _log.warning("oidc_provider_unreachable", what=what, error=type(e).__name__)
             raise LoginError(PROVIDER_UNAVAILABLE, f"{what}: the provider did not answer") from e
 
@@ -760,6 +781,9 @@ class OidcClient:
         if kid is not None and (not isinstance(kid, str) or len(kid) > _MAX_NAME):
             raise LoginError(code, "the token's kid is malformed")
         trusted = await self._key_for(metadata, kid, alg, code)
+        from joserfc import jws
+        from joserfc.errors import JoseError, SecurityWarning
+
         # One algorithm, the key's; unknown non-critical header parameters are ignored
         # (RFC 7515 §4), the dangerous ones were refused above.
         registry = jws.JWSRegistry(algorithms=[alg], strict_check_header=False)

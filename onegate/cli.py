@@ -22,7 +22,6 @@ from keyvault import (
     master_key_path,
     rotate_master_key,
 )
-from mfa.totp import TotpService
 from onegate import __version__
 from onegate.cli_admin import admin_app
 from onegate.cli_clients import app as clients_app
@@ -235,6 +234,8 @@ def _rewrap_database(settings: Settings) -> dict[str, int]:
     """Re-wrap the encrypted records other components keep in the database (TOTP seeds)."""
 
     async def work(runtime: Runtime) -> dict[str, int]:
+        from mfa.totp import TotpService
+
         totp = TotpService(runtime.sessions, runtime.vault.envelope, runtime.kv)
         return {"totp_seeds": await totp.rewrap()}
 

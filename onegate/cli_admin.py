@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onegate.admin.app import admin_keys
-from onegate.admin.keys import AdminKey, AdminKeyError
 from onegate.cli_common import ConfigFile, DataDir, Json, actor, emit_json, table, with_runtime
 from onegate.cli_policy_store import data_dir_settings
 
 if TYPE_CHECKING:
+    from onegate.admin.keys import AdminKey
     from onegate.runtime import Runtime
+
+# The admin API (onegate.admin) is imported by the commands that use it: every `onegate`
+# process, servers included, imports this module to build the command line.
 
 __all__ = ["admin_app", "keys_app"]
 
@@ -49,6 +51,9 @@ def create_command(
     as_json: Json = False,
 ) -> None:
     """Make a key; it is printed once and stored only as a hash."""
+    from onegate.admin.app import admin_keys
+    from onegate.admin.keys import AdminKeyError
+
     settings = data_dir_settings(data_dir, config)
     lifetime = timedelta(days=expires_days) if expires_days is not None else None
 
@@ -69,6 +74,8 @@ def create_command(
 @keys_app.command("list")
 def list_command(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = False) -> None:
     """Every key, revoked ones too (never the keys themselves)."""
+    from onegate.admin.app import admin_keys
+
     settings = data_dir_settings(data_dir, config)
 
     async def work(runtime: Runtime) -> list[AdminKey]:
@@ -105,6 +112,9 @@ def revoke_command(
     as_json: Json = False,
 ) -> None:
     """Revoke a key: refused from the next request on."""
+    from onegate.admin.app import admin_keys
+    from onegate.admin.keys import AdminKeyError
+
     settings = data_dir_settings(data_dir, config)
 
     async def work(runtime: Runtime) -> AdminKey:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from idp.directory import DirectoryError, UnknownUser
-from mfa.services import MfaServices
 from onegate.cli_common import (
     ConfigFile,
     DataDir,
@@ -31,6 +30,7 @@ from onegate.cli_common import (
 )
 
 if TYPE_CHECKING:
+    from mfa.services import MfaServices
     from onegate.runtime import Runtime
 from onegate.sessions import end_user_sessions
 
@@ -45,6 +45,8 @@ Off = Annotated[bool, typer.Option("--off", help="Withdraw the requirement inste
 
 
 def _services(runtime: Runtime) -> MfaServices:
+    from mfa.services import MfaServices  # TOTP, WebAuthn and fido2: not for every command
+
     settings = runtime.settings
     return MfaServices.build(
         settings.mfa,

@@ -4,33 +4,20 @@ mounted at ``/api/admin/v1`` (onegate.admin; bearer keys, so exempt from CSRF, e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
 
-import idp.endpoints.routes as protocol
-import idp.pages.routes as pages
-from core.net import TrustedProxies
-from core.web import create_web_app
-from idp.clients.services import ClientRegistry
-from idp.consents import ConsentStore
-from idp.context import IdpContext
-from idp.endpoints.jwks import jwks_max_age
-from idp.logout import BackChannelLogout
-from idp.pages import LOCALE_DIR as PAGES_LOCALE
-from idp.pages import TEMPLATE_DIR as PAGES_TEMPLATES
-from idp.pending import PendingStore
-from idp.sessions import SessionStore
-from idp.tokens import TokenService
-from mfa.services import MfaServices
-from onegate.admin.api import PREFIX as ADMIN_PREFIX
-from onegate.admin.app import build_admin_api
-from onegate.bootstrap import CSRF_KEY_NAME
-from onegate.client_updates import ClientCacheFollower
-from onegate.runtime import Runtime
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from idp.clients.services import ClientRegistry
+    from idp.context import IdpContext
+    from idp.logout import BackChannelLogout
+    from onegate.client_updates import ClientCacheFollower
+    from onegate.runtime import Runtime
 
 __all__ = ["IdpApp", "build_idp_app", "default_issuer"]
 
@@ -67,6 +54,30 @@ class IdpApp:
 
 
 def build_idp_app(runtime: Runtime, *, issuer: str) -> IdpApp:
+    # The IdP's modules (authlib, fido2, its pages, the admin API) are imported here, not with
+    # this module: the gateway role imports default_issuer and must not keep them in memory.
+    from starlette.routing import Mount, Route
+
+    import idp.endpoints.routes as protocol
+    import idp.pages.routes as pages
+    from core.net import TrustedProxies
+    from core.web import create_web_app
+    from idp.clients.services import ClientRegistry
+    from idp.consents import ConsentStore
+    from idp.context import IdpContext
+    from idp.endpoints.jwks import jwks_max_age
+    from idp.logout import BackChannelLogout
+    from idp.pages import LOCALE_DIR as PAGES_LOCALE
+    from idp.pages import TEMPLATE_DIR as PAGES_TEMPLATES
+    from idp.pending import PendingStore
+    from idp.sessions import SessionStore
+    from idp.tokens import TokenService
+    from mfa.services import MfaServices
+    from onegate.admin.api import PREFIX as ADMIN_PREFIX
+    from onegate.admin.app import build_admin_api
+    from onegate.bootstrap import CSRF_KEY_NAME
+    from onegate.client_updates import ClientCacheFollower
+
     settings = runtime.settings
     kv, vault = runtime.kv, runtime.vault
     clients = ClientRegistry(runtime.sessions, vault.secrets, events=runtime.bus)

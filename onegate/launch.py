@@ -1,4 +1,8 @@
-"""Start a server process: `onegate serve` and `onegate demo`."""
+"""Start a server process: `onegate serve` and `onegate demo`.
+
+The demo's pieces (seed data, demo applications, TOTP) are imported by ``run_demo`` only, so a
+served role keeps none of them in memory.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,15 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.settings import Settings
-from mfa.totp import TotpService
 from onegate.apps import build_app
-from onegate.bootstrap import initialise
-from onegate.demo_apps import build_demo_apps
-from onegate.demo_data import seed_demo
-from onegate.demo_stack import (
-    DemoUpstreams,
-    app_list,
-    apply_demo_policy,
-    loopback_origin,
-    register_oa,
-    with_routes,
-)
-from onegate.hosts import HostRouter
-from onegate.idp_app import default_issuer
 from onegate.runtime import open_runtime
 from onegate.server import bind, serve
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from onegate.demo_stack import DemoUpstreams
 
 __all__ = ["demo_urls", "run_demo", "run_server"]
 
@@ -69,6 +62,8 @@ async def run_demo(settings: Settings) -> None:
     ``<data dir>/demo.json``: the IdP, the gateway and OA on the public port (by host name),
     and HR, Permits and City operations behind the gateway, each on a loopback port of its own
     (onegate.demo_stack)."""
+    from onegate.demo_stack import DemoUpstreams, with_routes
+
     demo_file = settings.data_dir / "demo.json"
     demo_file.unlink(missing_ok=True)  # a reader must never see the previous run's port
     upstreams = DemoUpstreams()
@@ -99,6 +94,14 @@ def _announce(demo_file: Path, info: dict[str, Any], *, admin: tuple[str, str | 
 
 
 async def _run_demo(settings: Settings, upstreams: DemoUpstreams, demo_file: Path) -> None:
+    from mfa.totp import TotpService
+    from onegate.bootstrap import initialise
+    from onegate.demo_apps import build_demo_apps
+    from onegate.demo_data import seed_demo
+    from onegate.demo_stack import app_list, apply_demo_policy, loopback_origin, register_oa
+    from onegate.hosts import HostRouter
+    from onegate.idp_app import default_issuer
+
     result = await initialise(settings)
     runtime = await open_runtime(settings)
     sock: socket.socket | None = None

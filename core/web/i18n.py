@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import babel.core
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
@@ -48,6 +49,17 @@ def _compile(po_path: Path, locale: str) -> Translations:
     write_mo(buffer, catalog, use_fuzzy=False)  # fuzzy entries are unreviewed: never shown
     buffer.seek(0)
     return Translations(fp=buffer, domain=DOMAIN)
+
+
+def _release_locale_data() -> None:
+    """Drop Babel's global CLDR table once catalogs are compiled.
+
+    Compiling parses each catalog's ``Language`` header (``Locale.parse``), and ``zh_CN`` is
+    resolved through CLDR's likely subtags: Babel loads its global table (about 2 MiB) and
+    keeps it for the life of the process. Nothing after start-up uses it (the compiled
+    translations are gettext catalogs); ``babel.core.get_global`` loads it again if asked.
+    """
+    babel.core._global_data = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class Catalogs:
                 if extra.is_file():
                     merged.merge(_compile(extra, locale))
             loaded[locale] = merged
+        _release_locale_data()
         return cls(default_locale=default_locale, translations=loaded)
 
     @property

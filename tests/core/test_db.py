@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import (
     DatabaseUnavailable,
+    RevisionError,
     check_database,
     create_engine,
     current_revision,
@@ -49,6 +52,41 @@ async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> 
     assert await current_revision(engine) == head
     await migrate(engine, MIGRATIONS)
     assert await current_revision(engine) == head
+
+
+async def test_revisions_read_without_alembic_agree_with_alembic(engine: AsyncEngine) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision(MIGRATIONS) == ScriptDirectory.from_config(config).get_current_head()
+    async with engine.connect() as conn:
+        by_alembic = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    assert await current_revision(engine) == by_alembic
+
+
+async def test_a_fresh_database_has_no_revision(tmp_path: Path) -> None:
+    eng = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        assert await current_revision(eng) is None
+    finally:
+        await eng.dispose()
+
+
+def test_head_revision_of_branched_or_empty_scripts(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    assert head_revision(tmp_path) is None
+    (versions / "__init__.py").write_text('revision = "ignored"\n')
+    (versions / "a.py").write_text('revision = "a"\ndown_revision = None\n')
+    (versions / "b.py").write_text('revision: str = "b"\ndown_revision: str | None = "a"\n')
+    assert head_revision(tmp_path) == "b"
+    (versions / "c.py").write_text('revision = "c"\ndown_revision = "a"\n')
+    with pytest.raises(RevisionError, match="more than one head"):
+        head_revision(tmp_path)
+    (versions / "d.py").write_text('revision = "d"\ndown_revision = ("b", "c")\n')
+    assert head_revision(tmp_path) == "d"
+    (versions / "e.py").write_text("down_revision = 'd'\n")
+    with pytest.raises(RevisionError, match="no revision id"):
+        head_revision(tmp_path)
 
 
 async def test_models_and_migrations_agree(engine: AsyncEngine) -> None:
