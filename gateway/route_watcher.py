@@ -17,23 +17,13 @@ from collections.abc import Callable
 import structlog
 
 from core.kv import KV
+from core.kv.follow import ChannelFollower, end_if_cancelled
 from gateway.route_store import CHANNEL, RouteStore
 from gateway.routes import RouteTable
 
 __all__ = ["RouteWatcher"]
 
 log = structlog.get_logger("onegate.gateway.routes")
-
-# A lost channel is subscribed again after this long (the poll keeps reloading meanwhile).
-_RESUBSCRIBE_AFTER = 1.0
-
-
-def _end_if_cancelled(error: Exception) -> None:
-    """Re-raise the cancellation of the current task when a client replaced it by an error of its
-    own while cleaning up (redis-py does): a watcher being stopped must end."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from error
 
 
 class RouteWatcher:
@@ -53,24 +43,17 @@ class RouteWatcher:
         self.revision: int | None = None
         self._store = store
         self._kv = kv
-        self._poll = poll_interval
         self._on_change = on_change
-        self._tasks: list[asyncio.Task[None]] = []
+        self._follower = ChannelFollower(kv, CHANNEL, self.refresh, poll=poll_interval, name="route-watcher")
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the newest routes, then follow the channel and poll."""
         await self.refresh()
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="route-watcher-listen"),
-            asyncio.create_task(self._poll_loop(), name="route-watcher-poll"),
-        ]
+        self._follower.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._follower.stop()
 
     async def refresh(self) -> bool:
         """Load the routes unless their revision is the one in use; True when the table changed.
@@ -81,7 +64,7 @@ class RouteWatcher:
                     return False
                 revision, table, left_out = await self._store.table()
             except Exception as e:  # the database is away: the poll tries again
-                _end_if_cancelled(e)
+                end_if_cancelled(e)
                 log.warning("gateway routes unreadable; keeping the routes in use", error=str(e))
                 return False
             for app, why in left_out:
@@ -94,21 +77,3 @@ class RouteWatcher:
             except Exception as e:
                 log.error("gateway route reload callback failed", error=str(e))
         return True
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._kv.subscribe(CHANNEL) as subscription:
-                    await self.refresh()  # a change made while (re)subscribing
-                    while True:
-                        if await subscription.get(timeout=self._poll) is not None:
-                            await self.refresh()
-            except Exception as e:  # KVUnavailable (Redis away), or the connection's own errors
-                _end_if_cancelled(e)
-                log.warning("gateway route channel lost; polling until it is back", error=str(e))
-            await asyncio.sleep(_RESUBSCRIBE_AFTER)
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll)
-            await self.refresh()

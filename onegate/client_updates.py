@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 
 from core.kv import KV, KVError
+from core.kv.follow import RESUBSCRIBE_AFTER, end_if_cancelled
 from core.logging import get_logger
 from idp.clients.services import ClientRegistry
 
@@ -23,7 +24,6 @@ __all__ = ["CHANNEL", "ClientCacheFollower", "announce"]
 _log = get_logger("onegate.clients")
 
 CHANNEL = "idp:clients:changed"
-_RESUBSCRIBE_AFTER = 1.0
 
 
 async def announce(kv: KV, client_id: str) -> None:
@@ -61,9 +61,7 @@ class ClientCacheFollower:
                     async for _channel, message in subscription:
                         self._registry.invalidate(message.decode("utf-8", "replace"))
             except Exception as e:  # Redis away: the cache's own time-to-live still applies
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from e
+                end_if_cancelled(e)
                 self.listening.clear()
                 _log.warning("client change channel lost; subscribing again", error=str(e))
-            await asyncio.sleep(_RESUBSCRIBE_AFTER)
+            await asyncio.sleep(RESUBSCRIBE_AFTER)

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.events import Category, Event, EventEmitter, Outcome
 from core.kv import KV, KVError
+from core.kv.follow import ChannelFollower, end_if_cancelled
 from policy.check import Catalog, check, check_text, has_errors
 from policy.engine import PolicyEngine
 from policy.models import PolicyVersion
@@ -53,17 +54,6 @@ log = structlog.get_logger("onegate.policy")
 CHANNEL = "policy:changed"
 # Tries to take the next version number when other changes keep taking it first.
 _ATTEMPTS = 5
-# A lost channel is subscribed again after this long (the poll keeps reloading meanwhile).
-_RESUBSCRIBE_AFTER = 1.0
-
-
-def _end_if_cancelled(error: Exception) -> None:
-    """Re-raise the cancellation of the current task when a client replaced it by an error of
-    its own while cleaning up (redis-py does, failing to unsubscribe from a lost connection):
-    a watcher being stopped must end, whatever state Redis or the database is in."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from error
 
 
 class PolicyRejected(Exception):
@@ -296,9 +286,8 @@ class PolicyWatcher:
         self.failed: int | None = None  # the newest version, when it did not load
         self._store = store
         self._kv = kv
-        self._poll = poll_interval
         self._on_reload = on_reload
-        self._tasks: list[asyncio.Task[None]] = []
+        self._follower = ChannelFollower(kv, CHANNEL, self.refresh, poll=poll_interval, name="policy-watcher")
         self._lock = asyncio.Lock()
 
     @property
@@ -309,16 +298,10 @@ class PolicyWatcher:
     async def start(self) -> None:
         """Load the newest version, then follow the channel and poll."""
         await self.refresh()
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="policy-watcher-listen"),
-            asyncio.create_task(self._poll_loop(), name="policy-watcher-poll"),
-        ]
+        self._follower.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._follower.stop()
 
     async def refresh(self) -> bool:
         """Load the newest version unless it is in use or failed already; True when the engine
@@ -330,7 +313,7 @@ class PolicyWatcher:
                     return False
                 version = await self._store.get(newest)
             except Exception as e:  # the database is away: the poll tries again
-                _end_if_cancelled(e)
+                end_if_cancelled(e)
                 log.warning("policy versions unreadable; keeping the engine in use", error=str(e))
                 return False
             try:
@@ -364,21 +347,3 @@ class PolicyWatcher:
             except Exception as e:
                 log.error("policy reload callback failed", error=str(e))
         return True
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._kv.subscribe(CHANNEL) as subscription:
-                    await self.refresh()  # a change made while (re)subscribing
-                    while True:
-                        if await subscription.get(timeout=self._poll) is not None:
-                            await self.refresh()
-            except Exception as e:  # KVUnavailable (Redis away), or the connection's own errors
-                _end_if_cancelled(e)
-                log.warning("policy change channel lost; polling until it is back", error=str(e))
-            await asyncio.sleep(_RESUBSCRIBE_AFTER)
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll)
-            await self.refresh()

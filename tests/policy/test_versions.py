@@ -331,7 +331,7 @@ async def test_a_watcher_stops_while_redis_is_away(
             await relay.cut()
         for _ in range(5):  # land the cancellation at different points of the reconnecting
             await asyncio.sleep(0.13)
-            tasks = list(watcher._tasks)
+            tasks = list(watcher._follower._tasks)
             await asyncio.wait_for(watcher.stop(), timeout=3)
             assert tasks and all(t.done() for t in tasks)
             await watcher.start()
