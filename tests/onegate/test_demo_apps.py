@@ -244,7 +244,8 @@ async def test_permits_refuses_a_form_without_its_csrf_token(case: str) -> None:
         if case == "no cookie":
             http.cookies.clear()
         elif case == "wrong token":
-            fields = [("csrf_token", token[:-2] + "AA"), ("title", "x")]
+            forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")  # never the token
+            fields = [("csrf_token", forged), ("title", "x")]
         elif case == "another user's token":
             user = {**LIU_YANG, "X-OneGate-User": "mallory"}
         elif case == "no token":
