@@ -226,24 +226,19 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, scope: dict[str, Any], close: bool) -> None:
         response = _Response(self, scope)
         response.keep_alive = not (close or self._closing)
+        failed = False
         try:
             await self.asgi_app(scope, response.receive, response.send)
-        except BaseException as e:
-            if not isinstance(e, Exception):
-                raise
+        except Exception as e:
             _log.error("Exception in ASGI application", exc_info=e)
-            if not response.started:
-                response.fail()
-            else:
-                self._abort()
-            return
+            failed = True
         finally:
             self._busy = False
-        if not response.complete:
-            if not response.started:
-                response.fail()
-            else:
+        if failed or not response.complete:  # a 500 if nothing went out yet, else cut it off
+            if response.started:
                 self._abort()
+            else:
+                response.fail()
             return
         transport = self._transport
         if transport is None or transport.is_closing():
