@@ -241,6 +241,9 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+_TAKEN_OVER = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
 def configure_logging(level: str = "info", json: bool = True, *, stream: TextIO | None = None) -> None:
     """Send structlog and stdlib logging to ``stream`` (stderr) as JSON lines.
 
@@ -266,6 +269,13 @@ def configure_logging(level: str = "info", json: bool = True, *, stream: TextIO 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    for name in _TAKEN_OVER:
+        # A library that configured its own loggers earlier in the process (uvicorn's default
+        # dictConfig) would keep its records away from this handler and its redaction.
+        taken = logging.getLogger(name)
+        taken.handlers.clear()
+        taken.propagate = True
+        taken.setLevel(logging.NOTSET)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
 import re
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn.config
 
 from core.logging import (
     REDACTED,
@@ -208,3 +210,12 @@ def test_console_mode_is_not_json() -> None:
 def test_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="level"):
         configure_logging("verbose")
+
+
+def test_loggers_a_library_configured_itself_come_through_redacted() -> None:
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # what uvicorn does by default
+    stream = io.StringIO()
+    configure_logging("info", json=True, stream=stream)
+    logging.getLogger("uvicorn.error").warning("token=abc123 refused")
+    (line,) = stream.getvalue().splitlines()
+    assert "abc123" not in line and json.loads(line)["logger"] == "uvicorn.error"
