@@ -2,8 +2,10 @@
 
 Catalogs are gettext ``.po`` files under ``<locale_dir>/<locale>/LC_MESSAGES/messages.po``;
 ``Catalogs.load`` compiles them in-process once at start-up (no build step, no ``.mo``
-files). Message ids are English; ``en`` therefore needs no translations and falls back to
-the id. A role passes its own locale directory and its catalog is merged over core's.
+files) into the standard library's ``gettext`` translations: the servers do not import
+Babel, which stays the tool that extracts and updates the catalogs (docs/i18n.md). Message
+ids are English; ``en`` therefore needs no translations and falls back to the id. A role
+passes its own locale directory and its catalog is merged over core's.
 
 ``negotiate_locale`` picks the locale of a request, first match wins:
 
@@ -18,17 +20,24 @@ Simplified Chinese is the only Chinese catalog) select ``zh_CN``, and ``en-US`` 
 
 from __future__ import annotations
 
+import ast
 import io
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from gettext import GNUTranslations as Translations
 from pathlib import Path
 
-import babel.core
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-from babel.support import Translations
-
-__all__ = ["CORE_LOCALE_DIR", "N_", "Catalogs", "html_lang", "negotiate_locale", "parse_accept_language"]
+__all__ = [
+    "CORE_LOCALE_DIR",
+    "N_",
+    "CatalogError",
+    "Catalogs",
+    "compile_po",
+    "html_lang",
+    "negotiate_locale",
+    "parse_accept_language",
+]
 
 CORE_LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "messages"
@@ -42,24 +51,97 @@ def N_(message: str) -> str:
     return message
 
 
-def _compile(po_path: Path, locale: str) -> Translations:
-    with po_path.open("rb") as fh:
-        catalog = read_po(fh, locale=locale, domain=DOMAIN, abort_invalid=True)
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog, use_fuzzy=False)  # fuzzy entries are unreviewed: never shown
-    buffer.seek(0)
-    return Translations(fp=buffer, domain=DOMAIN)
+class CatalogError(ValueError):
+    """A ``.po`` file that is not valid gettext syntax (the message names file and line)."""
 
 
-def _release_locale_data() -> None:
-    """Drop Babel's global CLDR table once catalogs are compiled.
+def _entries(po_path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """The translated, non-fuzzy messages of a ``.po`` file as ``.mo`` keys and values: the
+    header under ``b""``, ``msgctxt`` joined with EOT, plural forms joined with NUL."""
+    fields: dict[str, list[str]] = {}
+    flags = ""
+    last: list[str] | None = None  # the field that a continued string adds to
 
-    Compiling parses each catalog's ``Language`` header (``Locale.parse``), and ``zh_CN`` is
-    resolved through CLDR's likely subtags: Babel loads its global table (about 2 MiB) and
-    keeps it for the life of the process. Nothing after start-up uses it (the compiled
-    translations are gettext catalogs); ``babel.core.get_global`` loads it again if asked.
-    """
-    babel.core._global_data = None
+    def done() -> tuple[bytes, bytes] | None:
+        msgid = "".join(fields["msgid"])
+        if "msgid_plural" in fields:
+            forms = sorted((key for key in fields if key.startswith("msgstr[")), key=lambda k: int(k[7:-1]))
+            key = msgid + "\0" + "".join(fields["msgid_plural"])
+            value = "\0".join("".join(fields[form]) for form in forms)
+        else:
+            key, value = msgid, "".join(fields.get("msgstr", []))
+        if "msgctxt" in fields:
+            key = "".join(fields["msgctxt"]) + "\x04" + key
+        if not value.strip("\0") or ("fuzzy" in flags and msgid):  # untranslated or unreviewed
+            return None
+        return key.encode(), value.encode()
+
+    lines = po_path.read_text(encoding="utf-8").splitlines()
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if line.startswith('"'):
+            if last is None:
+                raise CatalogError(f"{po_path}:{number}: a string that continues no field")
+            last.append(_string(line, po_path, number))
+            continue
+        name, _, rest = line.partition(" ")
+        starts = not line or line.startswith("#") or name in ("msgctxt", "msgid")
+        if starts and "msgid" in fields:  # the entry before this line is complete
+            if (found := done()) is not None:
+                yield found
+            fields, flags = {}, ""
+        if not line or line.startswith("#"):
+            if line.startswith("#,"):
+                flags += line[2:]
+            last = None  # obsolete entries (#~) and comments are not messages
+            continue
+        if name not in ("msgctxt", "msgid", "msgid_plural", "msgstr") and not name.startswith("msgstr["):
+            raise CatalogError(f"{po_path}:{number}: unknown field {name!r}")
+        last = fields.setdefault(name, [])
+        last.append(_string(rest.strip(), po_path, number))
+    if "msgid" in fields and (found := done()) is not None:
+        yield found
+
+
+def _string(quoted: str, po_path: Path, number: int) -> str:
+    """One double-quoted C string of a ``.po`` file."""
+    if len(quoted) < 2 or not (quoted.startswith('"') and quoted.endswith('"')):
+        raise CatalogError(f"{po_path}:{number}: expected a double-quoted string")
+    try:
+        value = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError):
+        raise CatalogError(f"{po_path}:{number}: not a valid string") from None
+    if not isinstance(value, str):
+        raise CatalogError(f"{po_path}:{number}: not a valid string")
+    return value
+
+
+def _mo(messages: Mapping[bytes, bytes]) -> bytes:
+    """A GNU ``.mo`` file of ``messages`` (little-endian, no hash table)."""
+    keys = sorted(messages)
+    ids = strings = b""
+    table: list[tuple[int, int, int, int]] = []
+    for key in keys:
+        table.append((len(key), len(ids), len(messages[key]), len(strings)))
+        ids += key + b"\0"
+        strings += messages[key] + b"\0"
+    count = len(keys)
+    start_ids = 28 + 16 * count
+    start_strings = start_ids + len(ids)
+    head = struct.pack("<7I", 0x950412DE, 0, count, 28, 28 + 8 * count, 0, 0)
+    originals = b"".join(struct.pack("<2I", length, start_ids + at) for length, at, _, _ in table)
+    translated = b"".join(struct.pack("<2I", length, start_strings + at) for _, _, length, at in table)
+    return head + originals + translated + ids + strings
+
+
+def compile_po(po_paths: Sequence[Path]) -> Translations:
+    """One catalog of ``po_paths``, each merged over the ones before it (the first one's header)."""
+    messages: dict[bytes, bytes] = {}
+    for index, po_path in enumerate(po_paths):
+        for key, value in _entries(po_path):
+            if key or not index:
+                messages[key] = value
+    return Translations(io.BytesIO(_mo(messages)))
 
 
 @dataclass(frozen=True)
@@ -87,13 +169,8 @@ class Catalogs:
             core_po = CORE_LOCALE_DIR / locale / "LC_MESSAGES" / f"{DOMAIN}.po"
             if not core_po.is_file():
                 raise ValueError(f"locales: no catalog for {locale!r} at {core_po}")
-            merged = _compile(core_po, locale)
-            for directory in locale_dirs:
-                extra = Path(directory) / locale / "LC_MESSAGES" / f"{DOMAIN}.po"
-                if extra.is_file():
-                    merged.merge(_compile(extra, locale))
-            loaded[locale] = merged
-        _release_locale_data()
+            extras = [Path(directory) / locale / "LC_MESSAGES" / f"{DOMAIN}.po" for directory in locale_dirs]
+            loaded[locale] = compile_po([core_po, *(extra for extra in extras if extra.is_file())])
         return cls(default_locale=default_locale, translations=loaded)
 
     @property

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
+from babel.support import Translations
 
-from core.web.i18n import CORE_LOCALE_DIR, Catalogs, html_lang, negotiate_locale, parse_accept_language
+from core.web.i18n import (
+    CORE_LOCALE_DIR,
+    CatalogError,
+    Catalogs,
+    compile_po,
+    html_lang,
+    negotiate_locale,
+    parse_accept_language,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SUPPORTED = ("zh_CN", "en")
@@ -87,6 +99,98 @@ def test_role_catalogs_merge_over_core(tmp_path: Path) -> None:
     assert catalogs.gettext("zh_CN", "Request ID") == "请求编号"  # core's still there
     assert catalogs.gettext("zh_CN", "Unreviewed") == "Unreviewed"  # fuzzy never shown
     assert catalogs.gettext("en", "Sign in") == "Sign in"
+
+
+# Every construct of the gettext format that a catalog may hold; Babel (the catalogs' tool)
+# reads the same file for the expected result.
+EVERY_CONSTRUCT = r"""# A translator's comment.
+msgid ""
+msgstr ""
+"Language: zh_CN\n"
+"Plural-Forms: nplurals=2; plural=(n != 1);\n"
+"Content-Type: text/plain; charset=utf-8\n"
+
+#: core/web/app.py:10
+#. an extracted comment
+msgid "Plain"
+msgstr "平常"
+
+msgid ""
+"Two "
+"lines"
+msgstr ""
+"两"
+"行"
+
+msgid "Quote \" and backslash \\ and tab\tand newline\n"
+msgstr "引号 \" 反斜杠 \\ 制表\t换行\n"
+
+msgctxt "button"
+msgid "Open"
+msgstr "打开"
+
+msgid "Open"
+msgstr "开放"
+
+msgid "{n} alert"
+msgid_plural "{n} alerts"
+msgstr[0] "{n} 条告警"
+msgstr[1] "{n} 条告警们"
+
+#, fuzzy, python-format
+msgid "Unreviewed"
+msgstr "未审校"
+
+msgid "Untranslated"
+msgstr ""
+
+#~ msgid "Obsolete"
+#~ msgstr "过时"
+msgid "No blank line before"
+msgstr "前面没有空行"
+"""
+
+
+def test_catalogs_compile_like_babel(tmp_path: Path) -> None:
+    po = tmp_path / "messages.po"
+    po.write_text(EVERY_CONSTRUCT, encoding="utf-8")
+    with po.open("rb") as fh:
+        catalog = read_po(fh, abort_invalid=True)
+    mo = io.BytesIO()
+    write_mo(mo, catalog, use_fuzzy=False)
+    mo.seek(0)
+    babel = Translations(fp=mo)
+    ours = compile_po([po])
+
+    def messages(translations: Translations) -> dict[object, str]:
+        return {k: v for k, v in translations._catalog.items() if k}  # type: ignore[attr-defined]
+
+    assert messages(ours) == messages(babel)  # Babel writes a header of its own
+    assert ours.gettext("Two lines") == "两行"
+    assert ours.gettext('Quote " and backslash \\ and tab\tand newline\n') == '引号 " 反斜杠 \\ 制表\t换行\n'
+    assert ours.pgettext("button", "Open") == "打开" and ours.gettext("Open") == "开放"
+    assert ours.ngettext("{n} alert", "{n} alerts", 1) == "{n} 条告警"
+    assert ours.ngettext("{n} alert", "{n} alerts", 3) == "{n} 条告警们"  # this file's plural rule
+    assert ours.gettext("Unreviewed") == "Unreviewed" and ours.gettext("Untranslated") == "Untranslated"
+    assert ours.gettext("Obsolete") == "Obsolete" and ours.gettext("No blank line before") == "前面没有空行"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('msgid "a"\nmsgstr "b\n', ":2: expected a double-quoted string"),
+        ('msgid "a"\nmsgstr "b" x\n', ":2: expected a double-quoted string"),
+        ('"stray"\n', ":1: a string that continues no field"),
+        ('msgid "a"\nmsgtxt "b"\n', ":2: unknown field 'msgtxt'"),
+        ('msgid "a"\nmsgstr "\\q"\n', ":2: not a valid string"),
+    ],
+)
+def test_a_broken_catalog_names_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    po = tmp_path / "zh_CN" / "LC_MESSAGES" / "messages.po"
+    po.parent.mkdir(parents=True)
+    po.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError, match=re.escape(f"{po}{where}")):
+        Catalogs.load(locales=("zh_CN",), default_locale="zh_CN", locale_dirs=[tmp_path])
 
 
 @pytest.mark.parametrize(
