@@ -1,3 +1,3 @@
-from onegate.cli import main
+from onegate.command import main
 
 main()

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from core.db import DatabaseUnavailable, check_database, create_engine, migrate
 from core.events import Category, Event, Outcome
 from core.settings import Settings
-from idp.directory.passwords import PasswordHashing, generate_password
 from keyvault import KeyvaultError, init_keyvault
 from onegate.runtime import MIGRATIONS, StartupError, open_runtime
 
@@ -68,11 +67,13 @@ async def initialise(settings: Settings) -> InitResult:
                 await runtime.directory.set_group_mfa_required(name, True)
         password = None
         if await runtime.directory.get_user(ADMIN_USERNAME) is None:
+            from idp.directory.passwords import generate_password  # the servers import this module
+
             password = generate_password()
             await runtime.directory.add_user(
                 username=ADMIN_USERNAME,
                 display_name="系统管理员",
-                password_hash=PasswordHashing().hash(password),
+                password_hash=runtime.directory.hashing.hash(password),
                 groups=("sys-admins",),
                 must_change_password=True,
             )

@@ -29,7 +29,6 @@ from onegate.cli_common import (
     ConfigFile,
     DataDir,
     Json,
-    Port,
     emit_json,
     fail,
     run,
@@ -39,6 +38,7 @@ from onegate.cli_common import (
 from onegate.cli_policy import policy_app
 from onegate.cli_routes import gateway_app
 from onegate.cli_users import app as users_app
+from onegate.command import SERVER_COMMANDS
 from onegate.runtime import Runtime, open_vault
 
 if TYPE_CHECKING:
@@ -96,35 +96,19 @@ def init(data_dir: DataDir = None, config: ConfigFile = None, as_json: Json = Fa
         typer.echo("already initialised; nothing was replaced")
 
 
-@app.command()
-def serve(
-    role: Annotated[str, typer.Option("--role", help="idp | gateway | soc | all")] = "all",
-    port: Port = None,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-) -> None:
-    """Serve one role, or all of them on one port."""
-    from onegate.apps import ROLES
-    from onegate.launch import run_server
-
-    if role not in ROLES:
-        raise fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    settings = settings_from(data_dir, config, **{"server.port": port, "server.host": host})
-    run(run_server(settings, role=role), server=True)
+# The servers are click commands of onegate.command (started without this module); these two
+# entries list them here and pass their arguments on.
+_PASS_ON = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@app.command()
-def demo(
-    port: Port = None,
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-) -> None:
-    """Initialise if needed and serve every role; writes <data dir>/demo.json once ready."""
-    from onegate.launch import run_demo
+@app.command(context_settings=_PASS_ON, help=SERVER_COMMANDS["serve"].help, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    SERVER_COMMANDS["serve"].main(ctx.args, prog_name="onegate serve")
 
-    settings = settings_from(data_dir, config, **{"server.port": port})
-    run(run_demo(settings), server=True)
+
+@app.command(context_settings=_PASS_ON, help=SERVER_COMMANDS["demo"].help, add_help_option=False)
+def demo(ctx: typer.Context) -> None:
+    SERVER_COMMANDS["demo"].main(ctx.args, prog_name="onegate demo")
 
 
 @keys_app.command("list")
@@ -264,11 +248,12 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def main() -> None:
-    # Everything OneGate writes (database, keys, spool) is for its own user only.
-    os.umask(0o077)
-    app(prog_name="onegate")
+def command() -> Any:
+    """The whole command line as a click group (typer's)."""
+    return typer.main.get_command(app)
 
 
 if __name__ == "__main__":
+    from onegate.command import main
+
     main()

@@ -6,10 +6,8 @@ Problems with configuration or dependencies end a command with one line on stder
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
-import logging
 import os
 import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,9 +18,9 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.events import Category, Event, Outcome
-from core.logging import configure_logging
-from core.settings import ConfigError, Settings, load_settings
-from onegate.runtime import Runtime, StartupError, open_runtime
+from core.settings import Settings
+from onegate import command
+from onegate.runtime import Runtime, open_runtime
 
 if TYPE_CHECKING:
     from idp.directory.models import User
@@ -76,30 +74,12 @@ def fail(message: str) -> typer.Exit:
 
 
 def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) -> Settings:
-    values = {key: value for key, value in overrides.items() if value is not None}
-    if data_dir is not None:
-        values["data_dir"] = data_dir
-    try:
-        settings = load_settings(config, overrides=values)
-    except ConfigError as e:
-        raise fail(f"configuration error: {e}") from None
-    configure_logging(settings.log.level, json=settings.log.json_lines)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
-    return settings
+    return command.settings_from(data_dir, config, overrides, fail=fail)
 
 
 def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
-    """Run ``coro`` to completion; start-up problems become one line. ``server``: on uvloop,
-    the event loop the servers are measured on (about twice the requests per core)."""
-    try:
-        if server:
-            import uvloop
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(coro)
-        return asyncio.run(coro)
-    except StartupError as e:
-        raise fail(str(e)) from None
+    """Run ``coro`` to completion; start-up problems become one line."""
+    return command.run(coro, server=server, fail=fail)
 
 
 def with_runtime(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -19,10 +20,10 @@ from core.db import (
 from core.events import EventBus
 from core.kv import KV, KVUnavailable, open_kv
 from core.settings import Settings
-from idp.directory.passwords import PasswordHashing
-from idp.directory.policy import PasswordPolicy
-from idp.directory.services import Directory
 from keyvault import Keyvault, KeyvaultError, open_keyvault
+
+if TYPE_CHECKING:
+    from idp.directory.services import Directory
 
 __all__ = ["MIGRATIONS", "Runtime", "StartupError", "open_runtime"]
 
@@ -41,7 +42,16 @@ class Runtime:
     kv: KV
     vault: Keyvault
     bus: EventBus
-    directory: Directory
+
+    @cached_property
+    def directory(self) -> Directory:
+        """The user directory, built on first use (a gateway process never needs it)."""
+        from idp.directory.passwords import PasswordHashing
+        from idp.directory.policy import PasswordPolicy
+        from idp.directory.services import Directory
+
+        policy = PasswordPolicy(min_length=self.settings.idp.password_min_length)
+        return Directory(self.sessions, hashing=PasswordHashing(), policy=policy)
 
     async def check_database(self) -> None:
         await check_database(self.engine)
@@ -100,9 +110,4 @@ async def open_runtime(settings: Settings, *, require_schema: bool = True) -> Ru
         kv=kv,
         vault=vault,
         bus=EventBus(),
-        directory=Directory(
-            sessions,
-            hashing=PasswordHashing(),
-            policy=PasswordPolicy(min_length=settings.idp.password_min_length),
-        ),
     )
