@@ -15,8 +15,8 @@ Specs, and where each step lives:
 * OpenID Connect RP-Initiated Logout 1.0 §2: :meth:`OidcClient.end_session_url`;
 * OpenID Connect Back-Channel Logout 1.0 §2.4-§2.6: :meth:`OidcClient.validate_logout_token`.
 
-Signatures are checked with ``joserfc`` against the provider's JWK Set (RFC 7517), never with a
-key a token brings along. The algorithm comes from the key (RFC 8725 §3.1): a JWK's ``alg`` when it
+Signatures are checked with ``cryptography`` against the provider's JWK Set (RFC 7517), never
+with a key a token brings along. The algorithm comes from the key (RFC 8725 §3.1): a JWK's ``alg`` when it
 has one, else what its key type and curve allow (EC P-256 ES256, P-384 ES384, P-521 ES512; RSA of
 2048 bits or more RS256/384/512 and PS256/384/512; OKP Ed25519 EdDSA and Ed25519). ``none``, the
 HMAC algorithms, ``crit`` and the key-carrying header parameters (``jwk``, ``jku``, ``x5u``,
@@ -42,13 +42,11 @@ import json
 import math
 import re
 import secrets
-import socket
 import ssl
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from core.logging import get_logger
@@ -57,13 +55,12 @@ from keyvault.jws import b64url_decode, b64url_encode, decode_json_segment, spli
 from mfa.levels import level, lowest_known
 
 if TYPE_CHECKING:
-    import aiohttp
-    from aiohttp.abc import AbstractResolver, ResolveResult
-    from joserfc.jwk import Key
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-# aiohttp and joserfc are imported where a sign-in first needs them, not with this module: a
-# gateway process that never signs anyone in (behind a load balancer, one of several) does
-# not keep them in memory.
+    PublicKey = EllipticCurvePublicKey | RSAPublicKey | Ed25519PublicKey | Ed448PublicKey
 
 __all__ = [
     "ACR_NOT_MET",
@@ -267,45 +264,19 @@ class _AddressMap:
     Only the TCP connection changes: the URL, the Host header and the TLS server name stay the
     host name's. With no map, every ``*.localhost`` (and ``localhost``) goes to 127.0.0.1, as
     RFC 6761 §6.3 reserves them for loopback.
-
-    An aiohttp resolver by its two methods (``resolve``, ``close``), which is all aiohttp's
-    connector calls; not a subclass of ``aiohttp.abc.AbstractResolver``, which would import
-    aiohttp with this module.
     """
 
     def __init__(self, mapping: Mapping[str, str] | None) -> None:
         self._map = {_host_key(name): str(ipaddress.ip_address(ip)) for name, ip in (mapping or {}).items()}
         self._loopback_names = mapping is None
-        self._fallback: AbstractResolver | None = None
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    def address(self, host: str) -> str:
+        """Where to connect for ``host``: its mapped address, or the name itself (resolved by DNS)."""
         key = _host_key(host)
         address = self._map.get(key)
         if address is None and self._loopback_names and (key == "localhost" or key.endswith(".localhost")):
             address = "127.0.0.1"
-        if address is None:
-            if self._fallback is None:
-                from aiohttp import DefaultResolver
-
-                self._fallback = DefaultResolver()
-            return await self._fallback.resolve(host, port, family)
-        kind = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        result: ResolveResult = {
-            "hostname": host,
-            "host": address,
-            "port": port,
-            "family": kind,
-            "proto": 0,
-            "flags": socket.AI_NUMERICHOST,
-        }
-        return [result]
-
-    async def close(self) -> None:
-        if self._fallback is not None:
-            await self._fallback.close()
-            self._fallback = None
+        return host if address is None else address
 
 
 def _host_key(name: str) -> str:
@@ -318,8 +289,86 @@ def _host_key(name: str) -> str:
 @dataclass(frozen=True)
 class _TrustedKey:
     kid: str | None
-    key: Key
+    key: PublicKey
     algorithms: frozenset[str]
+
+    def verifies(self, alg: str, signed: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` over ``signed`` is this key's, by ``alg`` (RFC 7518 §3; RFC 8037
+        §3.1 and RFC 9864 for EdDSA / Ed25519 / Ed448)."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
+
+        if alg not in self.algorithms:
+            return False
+        key = self.key
+        digests: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+            "256": hashes.SHA256,
+            "384": hashes.SHA384,
+            "512": hashes.SHA512,
+        }
+        digest = digests.get(alg[-3:])
+        try:
+            if alg.startswith("ES") and digest is not None and isinstance(key, ec.EllipticCurvePublicKey):
+                size = (key.curve.key_size + 7) // 8
+                if len(signature) != 2 * size:  # R || S, each the curve's size (RFC 7518 §3.4)
+                    return False
+                r, s = int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+                key.verify(utils.encode_dss_signature(r, s), signed, ec.ECDSA(digest()))
+            elif alg.startswith("RS") and digest is not None and isinstance(key, rsa.RSAPublicKey):
+                key.verify(signature, signed, padding.PKCS1v15(), digest())
+            elif alg.startswith("PS") and digest is not None and isinstance(key, rsa.RSAPublicKey):
+                # RFC 7518 §3.5: MGF1 with the same hash, a salt as long as the hash output.
+                pss = padding.PSS(mgf=padding.MGF1(digest()), salt_length=padding.PSS.DIGEST_LENGTH)
+                key.verify(signature, signed, pss, digest())
+            elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+                key.verify(signature, signed)
+            else:
+                return False
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _integer(member: Any, what: str) -> tuple[int, int]:
+    """A JWK member's big-endian unsigned integer (RFC 7518 §2 Base64urlUInt) and its length."""
+    if not isinstance(member, str):
+        raise ValueError(f"{what} is not a string")
+    raw = b64url_decode(member, what)
+    return int.from_bytes(raw, "big"), len(raw)
+
+
+def _public_key(member: Mapping[str, Any]) -> PublicKey:
+    """The public key of a JWK (RFC 7518 §6.2.1 EC, §6.3.1 RSA; RFC 8037 §2 OKP), checked: an
+    EC point on its curve with coordinates of the curve's size, an RSA modulus of at least
+    2048 bits and an odd exponent, an OKP key of the curve's length. Raises ValueError."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    kty, crv = member.get("kty"), member.get("crv")
+    if kty == "EC":
+        curves: dict[str, Callable[[], ec.EllipticCurve]] = {
+            "P-256": ec.SECP256R1,
+            "P-384": ec.SECP384R1,
+            "P-521": ec.SECP521R1,
+        }
+        curve = curves[str(crv)]()
+        size = (curve.key_size + 7) // 8
+        (x, x_len), (y, y_len) = _integer(member.get("x"), "x"), _integer(member.get("y"), "y")
+        if x_len != size or y_len != size:
+            raise ValueError("EC coordinates of the wrong length")
+        return ec.EllipticCurvePublicNumbers(x, y, curve).public_key()  # checks the point
+    if kty == "RSA":
+        (n, _), (e, _) = _integer(member.get("n"), "n"), _integer(member.get("e"), "e")
+        if n.bit_length() < _MIN_RSA_BITS or e < 3 or e % 2 == 0:
+            raise ValueError("a weak RSA key")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    x_member = member.get("x")
+    if not isinstance(x_member, str):
+        raise ValueError("x is not a string")
+    raw = b64url_decode(x_member, "x")
+    if crv == "Ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    return ed448.Ed448PublicKey.from_public_bytes(raw)
 
 
 def _trusted_key(member: Any) -> _TrustedKey | None:
@@ -334,9 +383,6 @@ def _trusted_key(member: Any) -> _TrustedKey | None:
         return None
     if _PRIVATE_MEMBERS & member.keys():  # a published private or symmetric key: trust none of it
         return None
-    from joserfc.errors import JoseError, SecurityWarning
-    from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
-
     kty, crv = member.get("kty"), member.get("crv")
     if kty == "EC" and crv in _EC_ALGORITHMS:
         algorithms = frozenset({_EC_ALGORITHMS[crv]})
@@ -352,16 +398,8 @@ def _trusted_key(member: Any) -> _TrustedKey | None:
             return None
         algorithms = frozenset({declared})
     try:
-        with warnings.catch_warnings():
-            # joserfc warns about keys it considers weak (e.g. RSA under 2048 bits): such a key
-            # is not trusted, whatever the warning filters of the process say.
-            warnings.simplefilter("error", SecurityWarning)
-            key = import_key(member)
-    except (JoseError, ValueError, TypeError, KeyError, SecurityWarning):
-        return None
-    if key.is_private or not isinstance(key, RSAKey | ECKey | OKPKey):
-        return None
-    if isinstance(key, RSAKey) and key.raw_value.key_size < _MIN_RSA_BITS:
+        key = _public_key(member)
+    except (TokenInvalid, ValueError, TypeError, KeyError):
         return None
     kid = member.get("kid")
     return _TrustedKey(kid if isinstance(kid, str) else None, key, algorithms)
@@ -562,6 +600,56 @@ def _sign_in(claims: dict[str, Any], id_token: str) -> SignIn:
     )
 
 
+async def _read_response(
+    reader: asyncio.StreamReader, *, limit: int, oversize: str, what: str
+) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 response (length, chunked or until the connection
+    closes), refusing a body over ``limit`` bytes as soon as it is announced or read."""
+    import httptools
+
+    body = bytearray()
+    done = headers_done = framed = False
+
+    class Events:
+        def on_headers_complete(self) -> None:
+            nonlocal headers_done
+            headers_done = True
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            nonlocal framed
+            name = name.lower()
+            framed = framed or name in (b"content-length", b"transfer-encoding")
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+                raise LoginError(oversize, f"{what}: the response is too large")
+
+        def on_body(self, chunk: bytes) -> None:
+            body.extend(chunk)
+            if len(body) > limit:
+                raise LoginError(oversize, f"{what}: the response is too large")
+
+        def on_message_complete(self) -> None:
+            nonlocal done
+            done = True
+
+    parser = httptools.HttpResponseParser(Events())
+    while not done:
+        chunk = await reader.read(16 * 1024)
+        if not chunk:
+            # A body that runs to the end of the connection is complete then; any other is cut.
+            if headers_done and not framed:
+                break
+            raise ValueError("the connection closed before the response was complete")
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, LoginError):
+                raise e.__context__ from None
+            raise ValueError("a malformed response") from None
+        except httptools.HttpParserError:
+            raise ValueError("a malformed response") from None
+    return parser.get_status_code(), bytes(body)
+
+
 # -- the client -----------------------------------------------------------------------------------
 
 
@@ -606,7 +694,6 @@ class OidcClient:
         self._leeway = leeway
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._token_bytes = token_bytes
-        self._http: aiohttp.ClientSession | None = None
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
         self._metadata_lock = asyncio.Lock()
@@ -617,20 +704,6 @@ class OidcClient:
         return f"OidcClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
 
     # -- HTTP ---------------------------------------------------------------------------------
-
-    def _session(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        if self._http is None or self._http.closed:
-            resolver = cast("AbstractResolver", self._resolver)  # see _AddressMap
-            connector = aiohttp.TCPConnector(resolver=resolver, ssl=self._ssl, limit=32)
-            self._http = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"User-Agent": "OneGate-gateway", "Accept": "application/json"},
-                trust_env=False,  # no proxy from the environment between us and the provider
-            )
-        return self._http
 
     async def _exchange(
         self,
@@ -643,27 +716,47 @@ class OidcClient:
         data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        """One request; the status and a body of at most ``limit`` bytes. Redirects are not
-        followed (a token request is never re-sent elsewhere)."""
-        from aiohttp import ClientError
-
+        """One request on a connection of its own (sign-ins are rare; the provider's keys and
+        metadata are cached); the status and a body of at most ``limit`` bytes. Redirects are
+        not followed (a token request is never re-sent elsewhere), no proxy is used."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        body = urlencode(data).encode() if data is not None else b""
+        fields = {
+            "Host": host if parts.port is None else f"{host}:{port}",
+            "User-Agent": "OneGate-gateway",
+            "Accept": "application/json",
+            "Connection": "close",
+            **(headers or {}),
+        }
+        if data is not None:
+            fields["Content-Type"] = "application/x-www-form-urlencoded"
+            fields["Content-Length"] = str(len(body))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        context = (
+            (self._ssl if isinstance(self._ssl, ssl.SSLContext) else ssl.create_default_context())
+            if tls
+            else None
+        )
+        writer = None
         try:
-            async with self._session().request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                if response.content_length is not None and response.content_length > limit:
-                    raise LoginError(oversize, f"{what}: the response is too large")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(16 * 1024):
-                    body += chunk
-                    if len(body) > limit:
-                        raise LoginError(oversize, f"{what}: the response is too large")
-                return response.status, bytes(body)
+            async with asyncio.timeout(self._timeout):
+                reader, writer = await asyncio.open_connection(
+                    self._resolver.address(host), port, ssl=context, server_hostname=host if tls else None
+                )
+                writer.write(head.encode("latin-1") + b"\r\n" + body)
+                return await _read_response(reader, limit=limit, oversize=oversize, what=what)
         except LoginError:
             raise
-        except (ClientError, TimeoutError, OSError, ValueError) as e:
+        except (TimeoutError, OSError, ValueError, UnicodeError) as e:
             _log.warning("oidc_provider_unreachable", what=what, error=type(e).__name__)
             raise LoginError(PROVIDER_UNAVAILABLE, f"{what}: the provider did not answer") from e
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def _get_json(self, url: str, *, limit: int, invalid: str, what: str) -> dict[str, Any]:
         status, body = await self._exchange("GET", url, limit=limit, oversize=invalid, what=what)
@@ -674,11 +767,7 @@ class OidcClient:
         return _load_json(body, invalid, what)
 
     async def close(self) -> None:
-        """Close the connection pool (the client opens a new one if it is used again)."""
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-        await self._resolver.close()
+        """Nothing stays open between exchanges; kept for the callers' life-cycle."""
 
     # -- discovery and keys ---------------------------------------------------------------------
 
@@ -781,19 +870,9 @@ class OidcClient:
         if kid is not None and (not isinstance(kid, str) or len(kid) > _MAX_NAME):
             raise LoginError(code, "the token's kid is malformed")
         trusted = await self._key_for(metadata, kid, alg, code)
-        from joserfc import jws
-        from joserfc.errors import JoseError, SecurityWarning
-
-        # One algorithm, the key's; unknown non-critical header parameters are ignored
-        # (RFC 7515 §4), the dangerous ones were refused above.
-        registry = jws.JWSRegistry(algorithms=[alg], strict_check_header=False)
-        try:
-            with warnings.catch_warnings():
-                # RFC 9864 deprecates "EdDSA" in favour of "Ed25519"; providers still sign with it.
-                warnings.simplefilter("ignore", SecurityWarning)
-                jws.deserialize_compact(token, trusted.key, registry=registry)
-        except (JoseError, ValueError, TypeError) as e:
-            raise LoginError(code, "the token's signature does not verify") from e
+        signed = f"{header_segment}.{payload_segment}".encode("ascii")
+        if not trusted.verifies(alg, signed, b64url_decode(signature_segment, "signature")):
+            raise LoginError(code, "the token's signature does not verify")
         return alg, claims
 
     def _check_times(self, claims: Mapping[str, Any], code: str, *, require_exp: bool) -> None:

@@ -19,9 +19,11 @@ import hashlib
 import hmac
 import json
 import re
+import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote, urljoin, urlsplit
 
@@ -30,6 +32,7 @@ import pytest
 import requests
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
@@ -44,6 +47,7 @@ from tests.gateway.conftest import (
     OidcIdp,
     callback_query,
 )
+from tests.tls import self_signed
 
 ACR_PWD = "urn:onegate:acr:pwd"
 ACR_MFA = "urn:onegate:acr:mfa"
@@ -126,17 +130,17 @@ class FakeProvider:
 
     # -- server -------------------------------------------------------------------------------
 
-    async def start(self) -> FakeProvider:
+    async def start(self, tls: ssl.SSLContext | None = None) -> FakeProvider:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)
         app.router.add_post("/token", self._token)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.issuer = f"http://{self.host}:{port}"
+        self.issuer = f"{'https' if tls else 'http'}://{self.host}:{port}"
         return self
 
     async def stop(self) -> None:
@@ -1107,6 +1111,73 @@ async def test_key_types_and_their_algorithms(rp: OidcClient, provider: FakeProv
     assert provider.hits["/jwks"] == 1  # all from one fetch: unknown kids within a minute wait
 
 
+async def test_every_algorithm_of_every_key_type(
+    rp: OidcClient, provider: FakeProvider, clock: Clock
+) -> None:
+    every = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+    provider.metadata_overrides["id_token_signing_alg_values_supported"] = [
+        *every,
+        "EdDSA",
+        "Ed25519",
+        "Ed448",
+    ]
+    rsa_key = RSAKey.generate_key(2048, parameters={"kid": "rsa"})
+    ec_keys = {crv: ECKey.generate_key(crv, parameters={"kid": crv}) for crv in ("P-256", "P-384", "P-521")}
+    ed448 = OKPKey.generate_key("Ed448", parameters={"kid": "ed448"})
+    provider.jwks["keys"] += [k.as_dict(private=False) for k in (rsa_key, *ec_keys.values(), ed448)]
+    signers: list[tuple[str, Key]] = [(alg, rsa_key) for alg in every[:6]]
+    signers += [("ES256", ec_keys["P-256"]), ("ES384", ec_keys["P-384"]), ("ES512", ec_keys["P-521"])]
+    signers += [("EdDSA", ed448), ("Ed448", ed448)]
+    for alg, key in signers:
+        _, login = await rp.begin("https://hr.city.gov.cn/.onegate/callback", return_to="/")
+        token = provider.sign(provider.claims(login, clock.now), key=key, alg=alg)
+        provider.issue(token)
+        assert (await respond(rp, provider, login)).sub == "u-1001", alg
+        # A token of the same key with its signature changed in one bit is refused.
+        _, login = await rp.begin("https://hr.city.gov.cn/.onegate/callback", return_to="/")
+        token = provider.sign(provider.claims(login, clock.now), key=key, alg=alg)
+        head, _, signature = token.rpartition(".")
+        raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+        raw[len(raw) // 2] ^= 1
+        provider.issue(f"{head}.{b64(bytes(raw))}")
+        with pytest.raises(LoginError, match=oidc.INVALID_ID_TOKEN):
+            await respond(rp, provider, login)
+    # A P-384 key does not sign ES512; an ECDSA signature in DER form (not R || S) is refused.
+    _, login = await rp.begin("https://hr.city.gov.cn/.onegate/callback", return_to="/")
+    provider.issue(provider.sign(provider.claims(login, clock.now), key=ec_keys["P-384"], alg="ES512"))
+    with pytest.raises(LoginError, match=oidc.INVALID_ID_TOKEN):
+        await respond(rp, provider, login)
+    _, login = await rp.begin("https://hr.city.gov.cn/.onegate/callback", return_to="/")
+    head, _, signature = provider.sign(provider.claims(login, clock.now), key=ec_keys["P-256"]).rpartition(
+        "."
+    )
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    provider.issue(f"{head}.{b64(der)}")
+    with pytest.raises(LoginError, match=oidc.INVALID_ID_TOKEN):
+        await respond(rp, provider, login)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x": "AAAA"},  # a coordinate of the wrong length
+        {"y": b64(b"\x00" * 31 + b"\x01")},  # a point that is not on the curve
+        {"x": 12},  # not a string
+        {"crv": "P-192"},  # a curve that is not accepted
+        {"x": "not base64url!"},
+    ],
+)
+async def test_a_malformed_ec_key_is_never_trusted(
+    rp: OidcClient, provider: FakeProvider, clock: Clock, change: dict[str, Any]
+) -> None:
+    provider.jwks["keys"] = [{**provider.key.as_dict(private=False), **change}]
+    _, login = await rp.begin("https://hr.city.gov.cn/.onegate/callback", return_to="/")
+    provider.issue(provider.sign(provider.claims(login, clock.now)))
+    with pytest.raises(LoginError, match=oidc.INVALID_ID_TOKEN):
+        await respond(rp, provider, login)
+
+
 async def test_an_algorithm_the_provider_did_not_announce_is_refused(
     rp: OidcClient, provider: FakeProvider, clock: Clock
 ) -> None:
@@ -1271,3 +1342,124 @@ async def test_the_address_map_keeps_the_host_name(provider: FakeProvider) -> No
         )
     with pytest.raises(ValueError, match="issuer"):
         OidcClient(issuer="idp.city.gov.cn", client_id="gateway", client_secret="pw")
+
+
+# -- the provider's transport -------------------------------------------------------------------
+
+
+async def test_a_tls_provider_is_trusted_by_its_certificate_and_name(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, names=("op.test",))
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    provider = await FakeProvider().start(tls=served)
+    trusted = ssl.create_default_context(cafile=str(cert))
+
+    async def discover(**options: Any) -> str:
+        client = OidcClient(
+            issuer=provider.issuer, client_id="gateway", client_secret="pw", timeout=2, **options
+        )
+        try:
+            return (await client.metadata()).issuer
+        finally:
+            await client.close()
+
+    try:
+        assert provider.issuer.startswith("https://op.test:")
+        assert await discover(address_map={"op.test": "127.0.0.1"}, ssl_context=trusted) == provider.issuer
+        assert provider.hosts == {urlsplit(provider.issuer).netloc}  # the name, not the address
+        # The system's authorities do not know the certificate; a certificate for another name
+        # is refused even when its authority is trusted.
+        with pytest.raises(LoginError, match=oidc.PROVIDER_UNAVAILABLE):
+            await discover(address_map={"op.test": "127.0.0.1"})
+        other = provider.issuer.replace("op.test", "other.test")
+        with pytest.raises(LoginError, match=oidc.PROVIDER_UNAVAILABLE):
+            await OidcClient(
+                issuer=other,
+                client_id="gateway",
+                client_secret="pw",
+                address_map={"other.test": "127.0.0.1"},
+                ssl_context=trusted,
+            ).metadata()
+        assert provider.hits["/.well-known/openid-configuration"] == 1
+    finally:
+        await provider.stop()
+
+
+class RawProvider:
+    """Answers every connection with one discovery document in a framing of the test's choice."""
+
+    def __init__(self, framing: str) -> None:
+        self.framing = framing
+        self.issuer = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> RawProvider:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.issuer = f"http://op.test:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        document = json.dumps(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "response_types_supported": ["code"],
+            }
+        ).encode()
+        ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        if self.framing == "chunked":
+            half = len(document) // 2
+            parts = [document[:half], document[half:]]
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+            writer.write(ok + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        elif self.framing == "until-close":
+            writer.write(ok + b"Connection: close\r\n\r\n" + document)
+        elif self.framing == "cut":
+            writer.write(ok + b"Content-Length: %d\r\n\r\n" % (len(document) + 10) + document)
+        elif self.framing == "huge-chunked":
+            block = b" " * 65536
+            writer.write(ok + b"Transfer-Encoding: chunked\r\n\r\n")
+            for _ in range(64):  # 4 MiB of white space, more than a discovery document may be
+                writer.write(b"%x\r\n%s\r\n" % (len(block), block))
+                await writer.drain()
+        elif self.framing == "huge-announced":
+            writer.write(ok + b"Content-Length: 99999999\r\n\r\n{")
+        else:
+            writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("framing", "code"),
+    [
+        ("chunked", None),
+        ("until-close", None),
+        ("cut", oidc.PROVIDER_UNAVAILABLE),
+        ("huge-chunked", oidc.INVALID_PROVIDER_METADATA),
+        ("huge-announced", oidc.INVALID_PROVIDER_METADATA),
+        ("not-http", oidc.PROVIDER_UNAVAILABLE),
+    ],
+)
+async def test_every_response_framing_is_read_within_bounds(framing: str, code: str | None) -> None:
+    provider = await RawProvider(framing).start()
+    client = OidcClient(
+        issuer=provider.issuer, client_id="gateway", client_secret="pw", address_map={"op.test": "127.0.0.1"}
+    )
+    try:
+        if code is None:
+            assert (await client.metadata()).issuer == provider.issuer
+        else:
+            with pytest.raises(LoginError, match=code):
+                await client.metadata()
+    finally:
+        await client.close()
+        await provider.stop()

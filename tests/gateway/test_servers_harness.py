@@ -9,9 +9,7 @@ what reaches the application and what reaches the gateway, in which form.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import secrets
@@ -27,10 +25,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -50,6 +44,7 @@ from tests.gateway.servers import (
     placeholders,
     render,
 )
+from tests.tls import self_signed
 
 IDENTITY = {
     "X-OneGate-User": "zhangwei",
@@ -368,41 +363,6 @@ def test_websocket_through_the_proxy(proxy: NginxServer | CaddyServer, stand: St
 # -- nginx in front of the gateway ---------------------------------------------------------------
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OneGate test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("idp.localhost"),
-                    x509.DNSName("hr.localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 @dataclass
 class Front:
     nginx: NginxServer
@@ -412,7 +372,7 @@ class Front:
 @pytest.fixture(scope="module")
 def front(stand: Stand, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     """nginx terminating TLS in front of the "gateway" (here the echoing upstream)."""
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     with NginxServer(
         NGINX_PROXY,
         SERVER_NAME="idp.localhost hr.localhost",
