@@ -51,16 +51,17 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
-
-from jose import jwk as jose_jwk
-from jose import jwt as jose_jwt
-from jose.backends.base import Key as JoseKey
-from jose.exceptions import ExpiredSignatureError, JOSEError, JWSError, JWTError
+from typing import TYPE_CHECKING, Any, Final
 
 from keyvault.errors import TokenInvalid
 from keyvault.jws import MIN_RSA_KEY_SIZE, b64url_decode, parse_json_object
 from keyvault.signing import SigningKeyring
+
+if TYPE_CHECKING:
+    from jose.backends.base import Key as JoseKey
+
+# python-jose (verification, for applications) is imported by verify(): the gateway, which only
+# issues assertions, does not load it.
 
 __all__ = [
     "ASSERTION_TYP",
@@ -325,6 +326,10 @@ def _public_key(jwk: Mapping[str, Any], alg: str) -> JoseKey:
 @functools.lru_cache(maxsize=64)
 def _construct(alg: str, members: tuple[str, ...]) -> JoseKey:
     # Cached: building a key object (point or modulus checks) costs more than a verification.
+    from jose import jwk as jose_jwk
+    from jose.backends.base import Key as JoseKey
+    from jose.exceptions import JOSEError
+
     try:
         for member in members:
             b64url_decode(member, "key member")
@@ -499,6 +504,8 @@ def verify(
     if header["alg"] != alg:
         raise AssertionInvalid(Reason.ALG)
     key = _public_key(jwk, alg)
+    from jose import jwt as jose_jwt
+    from jose.exceptions import ExpiredSignatureError, JWSError, JWTError
 
     try:
         claims = jose_jwt.decode(
