@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from core.flight import SingleFlight
 from core.kv import KV, KVError
 from core.logging import get_logger
 
@@ -31,6 +32,7 @@ class RiskScores:
         self._kv = kv
         self._clock = clock
         self._cache: dict[str, tuple[float, int]] = {}
+        self._reads: SingleFlight[str, int] = SingleFlight()
 
     def cached(self, username: str) -> int | None:
         """The score as read within the last second, or None (then :meth:`score` reads it)."""
@@ -46,6 +48,10 @@ class RiskScores:
         cached = self._cache.get(username)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        return await self._reads.run(username, lambda: self._read(username, now))
+
+    async def _read(self, username: str, now: float) -> int:
+        """Read a score from the store into the cache (once for all the requests that want it)."""
         try:
             raw = await self._kv.get(_key(username))
         except KVError as e:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from core.flight import SingleFlight
 from core.kv import KV, KVError
 from core.logging import get_logger
 
@@ -104,6 +105,7 @@ class GatewaySessions:
         self._absolute = absolute_timeout
         self._clock = clock
         self._cache: dict[str, tuple[float, GatewaySession]] = {}
+        self._reads: SingleFlight[str, GatewaySession | None] = SingleFlight()
         self._follower: asyncio.Task[None] | None = None
 
     # -- creating ----------------------------------------------------------------------------
@@ -206,22 +208,39 @@ class GatewaySessions:
         now = self._clock()
         cached = self._cache.get(sid)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
-            session = cached[1]
+            session: GatewaySession | None = cached[1]
         else:
-            raw = await self._kv.get(_key(sid)) if len(sid) <= 64 else None
-            if raw is None:
-                self._cache.pop(sid, None)
-                return None
-            session = GatewaySession.from_json(raw)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[sid] = (now, session)
+            session = await self._reads.run(sid, lambda: self._read(sid, now))
+        if session is None:
+            return None
         if now >= session.expires_at or now - session.last_seen >= self._idle:
             self._cache.pop(sid, None)
             return None
         if now - session.last_seen >= _TOUCH_EVERY:
             session = await self._touch(session, now)
         return session
+
+    async def _read(self, sid: str, now: float) -> GatewaySession | None:
+        """Read ``sid`` from the store into the cache (once for all the requests that want it)."""
+        raw = await self._kv.get(_key(sid)) if len(sid) <= 64 else None
+        # A revocation that arrived while the store was read makes this read stale: answered to
+        # the requests that were already waiting, never cached for the ones after it.
+        current = self._reads.current(sid) is asyncio.current_task()
+        if raw is None:
+            if current:
+                self._cache.pop(sid, None)
+            return None
+        session = GatewaySession.from_json(raw)
+        if current:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[sid] = (now, session)
+        return session
+
+    def _drop(self, sid: str) -> None:
+        """Forget ``sid`` here: the next request reads the store afresh."""
+        self._cache.pop(sid, None)
+        self._reads.forget(sid)
 
     async def _touch(self, session: GatewaySession, now: float) -> GatewaySession:
         touched = replace(session, last_seen=now)
@@ -246,7 +265,7 @@ class GatewaySessions:
         """End one session everywhere; the ended session, or None when there was none."""
         raw = await self._kv.get(_key(sid))
         await self._kv.delete(_key(sid))
-        self._cache.pop(sid, None)
+        self._drop(sid)
         await self._announce([sid])
         if raw is None:
             return None
@@ -288,7 +307,7 @@ class GatewaySessions:
                     async for _channel, payload in messages:
                         with contextlib.suppress(ValueError, TypeError):
                             for sid in json.loads(payload):
-                                self._cache.pop(str(sid), None)
+                                self._drop(str(sid))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure of the channel: subscribe again

@@ -184,3 +184,64 @@ async def test_risk_scores_are_cached_for_a_second_and_fail_closed(kv: KV) -> No
         assert await RiskScores(dead).score("zhangwei") == 100  # the store is down: fail closed
     finally:
         await dead.close()
+
+
+class CountingKV(MemoryKV):
+    """The in-memory store, counting reads; ``gate`` (when set) holds every answer, already
+    read, until it is opened (a reply in transit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        self.reads += 1
+        await asyncio.sleep(0)  # a reply takes at least one turn of the loop
+        if self.gate is not None:
+            await self.gate.wait()
+        return value
+
+
+async def test_requests_at_one_moment_read_a_session_once() -> None:
+    kv = CountingKV()
+    clock = Clock()
+    sessions = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)
+    _, cookie = await _create(GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock))
+    for _ in range(3):  # the cache expires every second: one read each time, however many wait
+        kv.reads = 0
+        found = await asyncio.gather(*(sessions.from_cookie(cookie, "hr.example.gov") for _ in range(50)))
+        assert kv.reads == 1 and all(s is not None and s.sid == found[0].sid for s in found)  # type: ignore[union-attr]
+        clock.now += CACHE_SECONDS
+
+
+async def test_a_revocation_during_a_read_is_not_undone_by_it() -> None:
+    kv = CountingKV()
+    clock = Clock()
+    sessions = GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock)
+    sid, cookie = await _create(GatewaySessions(kv, idle_timeout=600, absolute_timeout=3600, clock=clock))
+    kv.gate, kv.reads = asyncio.Event(), 0
+    early = asyncio.create_task(sessions.from_cookie(cookie, "hr.example.gov"))
+    leaving = asyncio.create_task(sessions.from_cookie(cookie, "hr.example.gov"))
+    for _ in range(5):  # turns of the loop: the read starts and gets its answer
+        await asyncio.sleep(0)
+    assert kv.reads == 1
+    leaving.cancel()  # a client that went away does not cancel the read for the others
+    gate, kv.gate = kv.gate, None
+    await sessions.revoke(sid)  # revoked while the read's answer is on its way
+    gate.set()
+    assert await early is not None  # it was asked before the revocation
+    assert await sessions.from_cookie(cookie, "hr.example.gov") is None  # after it: refused
+    assert sessions.peek(cookie, "hr.example.gov") is False
+
+
+async def test_risk_scores_at_one_moment_are_read_once() -> None:
+    from gateway.risk import RiskScores
+
+    kv = CountingKV()
+    scores = RiskScores(kv)
+    await RiskScores(kv).set("zhangwei", 40, ttl=60)
+    kv.reads = 0
+    assert await asyncio.gather(*(scores.score("zhangwei") for _ in range(20))) == [40] * 20
+    assert kv.reads == 1
