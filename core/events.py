@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -188,6 +189,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def new_event_id() -> str:
+    """32 hex digits: the millisecond of the epoch (12), then 80 random bits. Ids made in time
+    order land next to each other in an index (the event stores write several times faster
+    than with wholly random ids) and stay unique without coordination."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One ECS event. ``fields`` holds the other ECS fields by dotted name (``"user.name"``)."""
@@ -199,7 +207,7 @@ class Event:
     kind: Kind = Kind.EVENT
     fields: Mapping[str, Any] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=_utcnow)
-    id: str = field(default_factory=lambda: os.urandom(16).hex())
+    id: str = field(default_factory=new_event_id)
 
     def __post_init__(self) -> None:
         if (
@@ -232,7 +240,7 @@ class Event:
         _set(event, "kind", Kind.EVENT)
         _set(event, "fields", fields)
         _set(event, "timestamp", datetime.now(UTC))
-        _set(event, "id", os.urandom(16).hex())
+        _set(event, "id", new_event_id())
         return event
 
     def get(self, name: str, default: Any = None) -> Any:

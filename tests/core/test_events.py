@@ -182,3 +182,17 @@ def test_duplicate_subscriber_names_refused() -> None:
 def test_only_events_can_be_emitted() -> None:
     with pytest.raises(EventError):
         EventBus().emit({"event": {}})  # type: ignore[arg-type]
+
+
+def test_event_ids_are_unique_and_in_time_order() -> None:
+    import time as clock
+
+    from core.events import new_event_id
+
+    first = new_event_id()
+    clock.sleep(0.002)
+    made = [new_event_id() for _ in range(1000)]
+    assert len(set(made)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in made)
+    assert first < min(made)  # a later millisecond sorts after
+    event = Event(action="access", category=Category.WEB)
+    assert abs(int(event.id[:12], 16) - clock.time() * 1000) < 5_000
