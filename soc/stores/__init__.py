@@ -1,0 +1,1 @@
+"""Event stores: the implementations of core.eventstore.EventStore."""
