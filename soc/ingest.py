@@ -1,0 +1,276 @@
+"""Ingest: events in, on disk, then into the event store — in order, exactly once.
+
+Every source (the in-process bus, the HTTP bulk endpoint, syslog) hands documents to
+:meth:`Ingest.accept`, which checks and normalises them (flat ECS, ``@timestamp`` in UTC,
+an ``event.id``), appends them to the durable spool and returns once they are on disk: that
+return is the acknowledgement a source gets. A writer task (:meth:`Ingest.run`) takes the oldest
+spooled documents in batches, writes them to the store and only then marks them consumed, so:
+
+* a store that is down or slow only makes the spool grow (bounded: :class:`~soc.spool.SpoolFull`
+  refuses new documents rather than losing old ones; the ``spool-filling`` event warns first);
+  the writer retries with a growing pause (at most ``max_backoff`` seconds) and catches up in
+  order when the store is back;
+* a crash after a write but before the commit replays that batch, and the store's idempotency
+  by ``event.id`` keeps every document once;
+* a document the store refuses as malformed (it passed our checks, so this is a store-side
+  limit) is set aside in ``refused.ndjson`` next to the spool, with an event, instead of
+  blocking everything behind it.
+
+Documents without an ``event.id`` get one derived from their content (SHA-256 of the
+canonical JSON), so a source that resends the same batch after a timeout does not duplicate it.
+Fields whose names say they hold a secret (``password``, ``token`` ...) are replaced by
+``[redacted]`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.events import Category, Event, EventEmitter, Outcome
+from core.eventstore import EventStore, StoreUnavailable
+from core.logging import get_logger
+from soc.spool import Spool, SpoolCorrupt
+
+__all__ = ["MAX_DOCUMENT_BYTES", "DocumentRefused", "Ingest", "normalise"]
+
+_log = get_logger("onegate.soc.ingest")
+
+MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_FIELDS = 512
+_FIELD = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_@.\-]{0,127}")
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie", "private_key")
+REDACTED = "[redacted]"
+
+
+class DocumentRefused(ValueError):
+    """A document that cannot be ingested; ``index`` is its position in the batch."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"document {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any], index: int) -> None:
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise DocumentRefused(index, "field names must be strings")
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping):
+            _flatten(item, f"{name}.", out, index)
+        else:
+            out[name] = item
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str | int | bool)
+
+
+def _timestamp(value: Any, index: int) -> str:
+    if not isinstance(value, str):
+        raise DocumentRefused(index, "@timestamp must be an RFC 3339 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise DocumentRefused(index, f"@timestamp {value[:40]!r} is not RFC 3339") from None
+    if moment.tzinfo is None:
+        raise DocumentRefused(index, "@timestamp needs a time zone (Z or an offset)")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def normalise(
+    document: Mapping[str, Any], index: int = 0, *, received: datetime | None = None
+) -> dict[str, Any]:
+    """``document`` (flat or nested ECS) as the stores keep it, or :class:`DocumentRefused`.
+
+    ``@timestamp`` is required unless ``received`` (the moment of receipt) stands in for it;
+    ``event.id`` is derived from the content when missing; secret-named fields are redacted."""
+    if not isinstance(document, Mapping):
+        raise DocumentRefused(index, "a document is a JSON object")
+    flat: dict[str, Any] = {}
+    _flatten(document, "", flat, index)
+    if len(flat) > MAX_FIELDS:
+        raise DocumentRefused(index, f"more than {MAX_FIELDS} fields")
+    for name, value in list(flat.items()):
+        if not _FIELD.fullmatch(name):
+            raise DocumentRefused(index, f"field name {name[:40]!r} is not an ECS-style name")
+        if isinstance(value, list | tuple):
+            if not all(_scalar(v) for v in value):
+                raise DocumentRefused(index, f"{name}: a list holds only strings, numbers and booleans")
+            flat[name] = list(value)
+        elif not _scalar(value):
+            raise DocumentRefused(index, f"{name}: not a JSON scalar")
+        if any(word in name.lower() for word in _SECRET_WORDS):
+            flat[name] = REDACTED
+    if "@timestamp" not in flat:
+        if received is None:
+            raise DocumentRefused(index, "@timestamp is missing")
+        flat["@timestamp"] = received.isoformat()
+    flat["@timestamp"] = _timestamp(flat["@timestamp"], index)
+    event_id = flat.get("event.id")
+    if event_id is None:
+        canonical = json.dumps(flat, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        flat["event.id"] = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    elif not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
+        raise DocumentRefused(index, "event.id must be a string of 1 to 128 characters")
+    size = len(json.dumps(flat, ensure_ascii=False).encode())
+    if size > MAX_DOCUMENT_BYTES:
+        raise DocumentRefused(index, f"{size} bytes, more than {MAX_DOCUMENT_BYTES}")
+    return flat
+
+
+class Ingest:
+    """One ingest pipeline: sources -> :meth:`accept` -> spool -> :meth:`run` -> store."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: EventStore,
+        *,
+        events: EventEmitter | None = None,
+        batch_size: int = 1000,
+        max_backoff: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spool = spool
+        self._store = store
+        self._events = events
+        self._batch_size = batch_size
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._refused_path = Path(spool.directory) / "refused.ndjson"
+        self._filling = False
+        self.written = 0
+        self.duplicates = 0
+        self.refused = 0
+        self.store_failures = 0
+        self.store_down_since: float | None = None
+
+    # -- sources ---------------------------------------------------------------------------------
+
+    async def accept(
+        self, documents: Sequence[Mapping[str, Any]], *, received: datetime | None = None
+    ) -> int:
+        """Check, normalise and spool ``documents``; returns how many once they are on disk.
+        :class:`DocumentRefused` refuses the whole batch (nothing spooled); ``SpoolFull``
+        passes through (the source keeps its events and retries)."""
+        checked = [normalise(d, i, received=received) for i, d in enumerate(documents)]
+        if checked:
+            await self._spool.append(checked)
+            self._watch_fill()
+        return len(checked)
+
+    async def handle(self, event: Event) -> None:
+        """The event-bus subscriber: one event of this process, spooled."""
+        await self.accept([event.flat()])
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write spooled documents to the store until cancelled."""
+        pause = 0.0
+        corrupt = False
+        while True:
+            try:
+                batch = await self._spool.read(self._batch_size)
+            except SpoolCorrupt as e:
+                # Nothing behind a damaged record can be written in order: say so once, loudly,
+                # and keep trying (an operator repairs or moves the spool aside).
+                if not corrupt:
+                    _log.error("ingest spool damaged; events wait behind it", error=str(e))
+                    self._emit("spool-corrupt", Outcome.FAILURE, {"error.message": str(e)[:500]})
+                corrupt = True
+                await asyncio.sleep(self._max_backoff)
+                continue
+            corrupt = False
+            if batch is None:
+                await self._spool.wait_for_data(1.0)
+                continue
+            try:
+                await self._write(batch.documents)
+            except StoreUnavailable as e:
+                self.store_failures += 1
+                if self.store_down_since is None:
+                    self.store_down_since = self._clock()
+                    _log.warning("event store unavailable; events wait in the spool", error=str(e))
+                pause = min(self._max_backoff, max(0.05, pause * 2))
+                await asyncio.sleep(pause)
+                continue
+            await self._spool.commit(batch)
+            self._watch_fill()
+            if self.store_down_since is not None:
+                _log.info("event store back", down_seconds=round(self._clock() - self.store_down_since, 1))
+                self.store_down_since = None
+            pause = 0.0
+
+    async def _write(self, documents: Sequence[dict[str, Any]]) -> None:
+        try:
+            result = await self._store.write(documents)
+        except ValueError:
+            # The store refused something our checks let through: write one by one and set
+            # the refused ones aside rather than stop everything behind them.
+            for document in documents:
+                try:
+                    single = await self._store.write([document])
+                except ValueError as e:
+                    self._set_aside(document, str(e))
+                    continue
+                self.written += single.written
+                self.duplicates += single.duplicates
+            return
+        self.written += result.written
+        self.duplicates += result.duplicates
+
+    def _set_aside(self, document: Mapping[str, Any], reason: str) -> None:
+        self.refused += 1
+        with self._refused_path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"reason": reason[:500], "document": document}, ensure_ascii=False) + "\n")
+        _log.error(
+            "event refused by the store; set aside", event_id=document.get("event.id"), reason=reason[:200]
+        )
+        self._emit("event-refused", Outcome.FAILURE, {"labels.event_id": str(document.get("event.id"))[:128]})
+
+    def _watch_fill(self) -> None:
+        filling = self._spool.filling
+        if filling and not self._filling:
+            _log.warning("ingest spool filling", fill_ratio=round(self._spool.fill_ratio, 3))
+            self._emit(
+                "spool-filling", Outcome.FAILURE, {"labels.fill_ratio": f"{self._spool.fill_ratio:.3f}"}
+            )
+        elif self._filling and not filling:
+            self._emit(
+                "spool-recovered", Outcome.SUCCESS, {"labels.fill_ratio": f"{self._spool.fill_ratio:.3f}"}
+            )
+        self._filling = filling
+
+    def _emit(self, action: str, outcome: Outcome, fields: dict[str, Any]) -> None:
+        if self._events is not None:
+            self._events.emit(
+                Event(
+                    action=action,
+                    category=Category.CONFIGURATION,
+                    outcome=outcome,
+                    dataset="onegate.soc",
+                    fields=fields,
+                )
+            )
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the spool is empty (everything in the store); False at the timeout."""
+        deadline = self._clock() + timeout
+        while self._spool.backlog_documents:
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
