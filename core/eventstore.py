@@ -138,8 +138,10 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def words(text: str) -> list[str]:
-    """The full-text words of ``text``: runs of letters and digits, lower-cased."""
-    return [w.lower() for w in _WORDS.findall(text) if w != "_"]
+    """The full-text words of ``text``: runs of letters and digits of its lower-cased form (so
+    that lower-casing twice changes nothing: the words of a query and of a document agree)."""
+    found: list[str] = _WORDS.findall(text.lower())
+    return [w for w in found if w != "_"] if "_" in text else found
 
 
 def number(value: str) -> float | None:

@@ -187,10 +187,13 @@ def _strings(document: Mapping[str, Any], position: int) -> list[str]:
     are not strings and values that are neither JSON scalars nor lists of them."""
     strings: list[str] = []
     for key, value in document.items():
-        if not isinstance(key, str):
+        if type(key) is not str:
             raise ValueError(f"documents[{position}]: field name {str(key)[:64]!r} is not a string")
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             strings.append(value)
+        elif kind is int or kind is float or kind is bool or value is None:
+            continue
         elif isinstance(value, _LISTS):
             for item in value:
                 if isinstance(item, str):
@@ -199,15 +202,32 @@ def _strings(document: Mapping[str, Any], position: int) -> list[str]:
                     raise ValueError(
                         f"documents[{position}]: {key} holds a list element that is not a scalar"
                     )
+        elif isinstance(value, str):
+            strings.append(value)
         elif value is not None and not isinstance(value, _NUMBERS):  # bool is an int
             raise ValueError(f"documents[{position}]: {key} is neither a JSON scalar nor a list of them")
     return strings
 
 
+_WORDS_OF: dict[str, str] = {}  # a string value -> its words, space-separated (values repeat a lot)
+_WORDS_OF_LIMIT = 50_000
+
+
+def _words_of(value: str) -> str:
+    found = _WORDS_OF.get(value)
+    if found is None:
+        found = " ".join(words(value))
+        if len(value) <= 256:
+            if len(_WORDS_OF) >= _WORDS_OF_LIMIT:
+                _WORDS_OF.clear()
+            _WORDS_OF[value] = found
+    return found
+
+
 def _text(strings: list[str]) -> str:
-    """What the FTS column holds: the words of the string values. A newline is not a word
-    character, so no word spans two values."""
-    return " ".join(words("\n".join(strings)))
+    """What the FTS column holds: the words of the string values (each value apart, so no word
+    spans two values)."""
+    return " ".join(filter(None, map(_words_of, strings)))
 
 
 def _prepare(position: int, document: Any) -> _Row:
