@@ -90,6 +90,7 @@ _HEADER = struct.Struct("<4sIIII")  # the same and the CRC32 of those 16 bytes
 _MAX_PAYLOAD = 2**31 - 1
 _GROUP_BYTES = 8 * 1024 * 1024  # at most this much per write + fsync, unless one frame is larger
 _READ_CHUNK = 1024 * 1024
+DEFAULT_KEEP_RECENT = 32 * 1024 * 1024  # frames kept in memory after their write (see Spool)
 _CHECKPOINT = "checkpoint"
 _CHECKPOINT_TMP = "checkpoint.tmp"
 _LOCK = "lock"
@@ -231,6 +232,12 @@ class _Pending:
     frame: bytes
     count: int
     done: asyncio.Future[int]
+    documents: tuple[dict[str, Any], ...] = ()
+
+
+def _copy(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy the caller's later changes cannot reach (values are JSON scalars or lists)."""
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in document.items()}
 
 
 @dataclass(slots=True)
@@ -247,7 +254,11 @@ class Spool:
     ``max_bytes`` bounds the unconsumed data; ``segment_bytes`` is the size at which a new
     segment file is started; ``fsync=False`` skips every fsync (only for tests of speed: an
     acknowledgement then survives a crashed process but not a crashed machine);
-    ``filling_threshold`` is the fill ratio at which :attr:`filling` turns True.
+    ``filling_threshold`` is the fill ratio at which :attr:`filling` turns True; ``keep_recent``
+    bytes of the frames this process wrote stay in memory until consumed, so a reader that keeps
+    up with the appends gets them without reading the disk or decoding JSON (a copy of each
+    document is kept: later changes by the caller do not reach it). What was written before an
+    open, or did not fit, is read from disk — where damage is found and reported.
     """
 
     def __init__(
@@ -258,11 +269,14 @@ class Spool:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
         filling_threshold: float = 0.8,
+        keep_recent: int = DEFAULT_KEEP_RECENT,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive number of bytes, not {max_bytes!r}")
         if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes <= 0:
             raise ValueError(f"segment_bytes must be a positive number of bytes, not {segment_bytes!r}")
+        if isinstance(keep_recent, bool) or not isinstance(keep_recent, int) or keep_recent < 0:
+            raise ValueError(f"keep_recent must be a number of bytes (0: none), not {keep_recent!r}")
         if not 0.0 < filling_threshold <= 1.0:
             raise ValueError(f"filling_threshold must be in (0, 1], not {filling_threshold!r}")
         self.directory = Path(directory)
@@ -270,6 +284,7 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.filling_threshold = filling_threshold
+        self.keep_recent = keep_recent
 
         self._state: Literal["new", "open", "closing", "closed"] = "new"
         self._broken: SpoolError | None = None
@@ -285,6 +300,10 @@ class Spool:
         self._commits: set[asyncio.Task[None]] = set()
         self._reading = asyncio.Lock()
         self._data = asyncio.Event()
+        # Frames written by this process and not yet consumed, by (segment, offset): a reader
+        # that keeps up with the appends gets them without reading the disk and decoding JSON.
+        self._recent: dict[tuple[int, int], tuple[tuple[dict[str, Any], ...], int]] = {}
+        self._recent_bytes = 0
         # File handles, each touched only on its own thread.
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
@@ -398,7 +417,7 @@ class Spool:
             )
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)
-        self._queue.append(_Pending(frame, len(documents), done))
+        self._queue.append(_Pending(frame, len(documents), done, tuple(_copy(d) for d in documents)))
         self._queued_bytes += len(frame)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -423,7 +442,8 @@ class Spool:
                     self._active += 1
                     self._segments[self._active] = 0
                 data = b"".join(pending.frame for pending in group)
-                await loop.run_in_executor(self._writer, self._write, data, self._segments[self._active])
+                where = self._segments[self._active]
+                await loop.run_in_executor(self._writer, self._write, data, where)
             except asyncio.CancelledError:
                 # The write may go on in its thread without being counted here: appends stop.
                 self._broken = SpoolError("an append was interrupted; reopen the spool")
@@ -437,6 +457,12 @@ class Spool:
                 for pending in group:
                     _fail(pending.done, error)
                 continue
+            for pending in group:
+                if self._recent_bytes + len(pending.frame) <= self.keep_recent:
+                    self._recent[(self._active, where)] = (pending.documents, len(pending.frame))
+                    self._recent_bytes += len(pending.frame)
+                pending.documents = ()
+                where += len(pending.frame)
             self._segments[self._active] += size
             self._total_bytes += size
             self._documents += sum(pending.count for pending in group)
@@ -506,8 +532,41 @@ class Spool:
                 return None
             start = self._committed
             sizes = [(number, size) for number, size in self._segments.items() if number >= start.segment]
+            recent = self._read_recent(start, sizes, max_documents)
+            if recent is not None:
+                return recent
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._reader, self._read, start, sizes, max_documents)
+
+    def _read_recent(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch | None:
+        """The batch :meth:`_read` would read, from the frames held in memory; None when one of
+        them is not held (then the disk is read)."""
+        documents: list[dict[str, Any]] = []
+        index = 0
+        number, offset, skip = start.segment, start.offset, start.skip
+        while len(documents) < limit:
+            size = sizes[index][1]
+            if offset >= size:
+                if index + 1 == len(sizes):
+                    break
+                index += 1
+                number, offset, skip = sizes[index][0], 0, 0
+                continue
+            held = self._recent.get((number, offset))
+            if held is None:
+                return None
+            frame_documents, length = held
+            taken = frame_documents[skip : skip + limit - len(documents)]
+            documents.extend(taken)
+            skip += len(taken)
+            if skip == len(frame_documents):
+                offset, skip = offset + length, 0
+        return Batch(tuple(documents), start, Position(number, offset, skip))
+
+    def _forget_recent(self, before: Position) -> None:
+        """Drop the frames held in memory that end at or before ``before`` (consumed)."""
+        for key in [key for key in self._recent if key < (before.segment, before.offset)]:
+            self._recent_bytes -= self._recent.pop(key)[1]
 
     def _read(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch:  # reader thread
         documents: list[dict[str, Any]] = []
@@ -591,6 +650,7 @@ class Spool:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._reader, self._write_checkpoint, end, done)
             self._committed = end
+            self._forget_recent(end)
             for number in done:
                 self._total_bytes -= self._segments.pop(number)
             self._documents -= len(batch.documents)

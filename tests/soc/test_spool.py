@@ -414,7 +414,7 @@ async def test_a_damaged_last_frame_of_an_older_segment_is_reported(tmp_path: Pa
 
 
 async def test_damage_while_open_is_reported_when_read(tmp_path: Path) -> None:
-    async with Spool(tmp_path, max_bytes=10**7) as spool:
+    async with Spool(tmp_path, max_bytes=10**7, keep_recent=0) as spool:  # every read from disk
         for k in range(3):
             await append_range(spool, k * 5, 5)
         (segment,) = segments(tmp_path)
@@ -590,3 +590,26 @@ def test_a_failed_write_is_cut_off_and_later_appends_succeed(tmp_path: Path) -> 
 
     got = asyncio.run(check())
     assert got == [f"{i:012d}" for i in range(report["acked"])] + ["small"]
+
+
+async def test_a_reader_that_keeps_up_reads_from_memory_the_same_documents(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    async with Spool(kept, max_bytes=10**7, segment_bytes=4096) as spool:
+        originals = [{"event.id": f"m{n}", "tags": ["a"], "n": n} for n in range(40)]
+        for n in range(0, 40, 8):
+            await spool.append(originals[n : n + 8])
+        originals[0]["n"] = -1  # the caller's later change
+        originals[1]["tags"].append("b")
+        first = await spool.read(13)
+        assert first is not None
+        assert [d["n"] for d in first.documents] == list(range(13))
+        assert first.documents[1]["tags"] == ["a"]
+        await spool.commit(first)
+        rest = await spool.read(100)
+        assert rest is not None and [d["n"] for d in rest.documents] == list(range(13, 40))
+        # Not committed: the same again, from memory or disk alike.
+        assert await spool.read(100) == rest
+    # Reopened, everything after the commit comes from disk, identical.
+    async with Spool(kept, max_bytes=10**7, segment_bytes=4096) as spool:
+        again = await spool.read(100)
+        assert again is not None and again.documents == rest.documents and again.end == rest.end
