@@ -62,7 +62,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +225,37 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _NotHeld(Exception):
+    """A frame that is not held in memory: read the disk instead."""
+
+
+_Taken = tuple[Sequence[dict[str, Any]], int, int]  # documents, frame length, frame's document count
+_Frame = Callable[[int, int, int, int], _Taken]
+
+
+def _walk(start: Position, sizes: list[tuple[int, int]], limit: int, frame: _Frame) -> Batch:
+    """Up to ``limit`` documents from ``start`` on, frame after frame across the segments
+    ``sizes`` ((number, size), ascending); ``frame(number, offset, skip, want)`` gives a frame's
+    documents ``skip`` .. ``skip + want``, its length in bytes and how many documents it holds."""
+    documents: list[dict[str, Any]] = []
+    index = 0
+    number, offset, skip = start.segment, start.offset, start.skip
+    while len(documents) < limit:
+        size = sizes[index][1]
+        if offset >= size:
+            if index + 1 == len(sizes):
+                break
+            index += 1
+            number, offset, skip = sizes[index][0], 0, 0
+            continue
+        taken, length, count = frame(number, offset, skip, limit - len(documents))
+        documents.extend(taken)
+        skip += len(taken)
+        if skip == count:
+            offset, skip = offset + length, 0
+    return Batch(tuple(documents), start, Position(number, offset, skip))
 
 
 @dataclass(slots=True)
@@ -541,27 +572,19 @@ class Spool:
     def _read_recent(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch | None:
         """The batch :meth:`_read` would read, from the frames held in memory; None when one of
         them is not held (then the disk is read)."""
-        documents: list[dict[str, Any]] = []
-        index = 0
-        number, offset, skip = start.segment, start.offset, start.skip
-        while len(documents) < limit:
-            size = sizes[index][1]
-            if offset >= size:
-                if index + 1 == len(sizes):
-                    break
-                index += 1
-                number, offset, skip = sizes[index][0], 0, 0
-                continue
-            held = self._recent.get((number, offset))
-            if held is None:
-                return None
-            frame_documents, length = held
-            taken = frame_documents[skip : skip + limit - len(documents)]
-            documents.extend(taken)
-            skip += len(taken)
-            if skip == len(frame_documents):
-                offset, skip = offset + length, 0
-        return Batch(tuple(documents), start, Position(number, offset, skip))
+        try:
+            return _walk(start, sizes, limit, self._held_frame)
+        except _NotHeld:
+            return None
+
+    def _held_frame(
+        self, number: int, offset: int, skip: int, want: int
+    ) -> tuple[Sequence[dict[str, Any]], int, int]:
+        held = self._recent.get((number, offset))
+        if held is None:
+            raise _NotHeld
+        documents, length = held
+        return documents[skip : skip + want], length, len(documents)
 
     def _forget_recent(self, before: Position) -> None:
         """Drop the frames held in memory that end at or before ``before`` (consumed)."""
@@ -569,32 +592,23 @@ class Spool:
             self._recent_bytes -= self._recent.pop(key)[1]
 
     def _read(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch:  # reader thread
-        documents: list[dict[str, Any]] = []
-        index = 0
-        number, offset, skip = start.segment, start.offset, start.skip
-        while len(documents) < limit:
-            size = sizes[index][1]
-            if offset >= size:
-                if index + 1 == len(sizes):
-                    break
-                index += 1
-                number, offset, skip = sizes[index][0], 0, 0
-                continue
-            buffer, at = self._frame_bytes(number, offset, size)
+        segment_size = dict(sizes)
+
+        def frame(
+            number: int, offset: int, skip: int, want: int
+        ) -> tuple[Sequence[dict[str, Any]], int, int]:
+            buffer, at = self._frame_bytes(number, offset, segment_size[number])
             try:
                 length, count = _check_frame(buffer, at)
             except _BadFrame as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, str(e)) from None
             lines = buffer[at + _HEADER.size : at + length].split(b"\n")
-            taken = lines[skip : skip + limit - len(documents)]
             try:
-                documents.extend(json.loads(line) for line in taken)
+                return [json.loads(line) for line in lines[skip : skip + want]], length, count
             except ValueError as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, f"bad JSON: {e}") from None
-            skip += len(taken)
-            if skip == count:
-                offset, skip = offset + length, 0
-        return Batch(tuple(documents), start, Position(number, offset, skip))
+
+        return _walk(start, sizes, limit, frame)
 
     def _frame_bytes(self, number: int, offset: int, size: int) -> tuple[bytes, int]:  # reader thread
         """A buffer holding the whole frame at ``offset`` and where in it the frame starts."""
