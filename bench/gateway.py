@@ -147,6 +147,19 @@ async def _session(env: dict[str, str]) -> str:
         await kv.close()
 
 
+async def _forget(env: dict[str, str]) -> None:
+    """Remove what the run left in Redis (its session and the gateway's keys)."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(env["ONEGATE_KV__URL"])
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{env['ONEGATE_KV__PREFIX']}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
 def _gateway(
     work: Path, upstream_port: int, port: int
 ) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
@@ -211,10 +224,11 @@ def run() -> dict[str, Any]:
     work.chmod(0o755)  # LemonLDAP::NG's FastCGI server runs as www-data and needs to reach its socket
     upstream, proxy, llng_port, gw_port = (_free_port() for _ in range(4))
     nginx = gateway = None
+    env: dict[str, str] | None = None
     llng_dir: Path | None = None
     try:
         nginx = _nginx(work, upstream, proxy)
-        gateway, cookie, _ = _gateway(work, upstream, gw_port)
+        gateway, cookie, env = _gateway(work, upstream, gw_port)
         gw_headers = {"Host": "bench.localhost", "Cookie": f"onegate_gw={cookie}"}
         # Warm up each, then measure; the same order every run.
         _wrk(f"http://127.0.0.1:{gw_port}/", 8, gw_headers, 2)
@@ -248,6 +262,8 @@ def run() -> dict[str, Any]:
     finally:
         _stop(gateway)
         _stop(nginx)
+        if env is not None:
+            asyncio.run(_forget(env))
         if llng_dir is not None and (PEERS / "llng_down.sh").exists():
             subprocess.run(
                 ["bash", str(PEERS / "llng_down.sh"), str(llng_dir)], capture_output=True, check=False
