@@ -290,7 +290,8 @@ class Query:
     """What to search: ``text`` in the language above, ``start`` <= ``@timestamp`` < ``end``
     (aware datetimes; None leaves that end open), ``filters`` field -> the values allowed (any of
     them), ``size`` hits per page, newest first unless ``ascending``; ``after`` the ``cursor`` of
-    the previous page's last hit."""
+    the previous page's last hit. ``node`` is ``text`` parsed (when the query is made), what
+    the stores compile."""
 
     text: str | None = None
     start: datetime | None = None
@@ -299,6 +300,7 @@ class Query:
     size: int = 100
     ascending: bool = False
     after: tuple[str, str] | None = None
+    node: Node | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.size <= MAX_SIZE:
@@ -306,7 +308,7 @@ class Query:
         for moment in (self.start, self.end):
             if moment is not None and moment.tzinfo is None:
                 raise QueryError("start and end must be timezone-aware")
-        parse_query(self.text)  # refused now, not in the store
+        object.__setattr__(self, "node", parse_query(self.text))  # refused now, not in the store
 
 
 @dataclass(frozen=True)

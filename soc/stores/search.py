@@ -75,7 +75,6 @@ from core.eventstore import (
     StoreUnavailable,
     WriteResult,
     number,
-    parse_query,
     words,
 )
 
@@ -294,7 +293,7 @@ def compile_node(node: Node) -> dict[str, Any]:
 def compile_query(query: Query) -> dict[str, Any]:
     """The query DSL for everything a :class:`Query` selects: its text, time range and filters."""
     clauses: list[dict[str, Any]] = []
-    node = parse_query(query.text)
+    node = query.node
     if node is not None:
         clauses.append(compile_node(node))
     if query.start is not None or query.end is not None:

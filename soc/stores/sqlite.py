@@ -85,7 +85,6 @@ from core.eventstore import (
     StoreUnavailable,
     WriteResult,
     number,
-    parse_query,
     words,
 )
 
@@ -452,7 +451,7 @@ class _Plan:
                 raise QueryError("after must be the cursor of a hit: (@timestamp, event.id)")
             after = (parsed[1], event_id)
         return cls(
-            node=parse_query(query.text),
+            node=query.node,
             filters=tuple(filters),
             start=None if query.start is None else _micros(query.start),
             end=None if query.end is None else _micros(query.end),
