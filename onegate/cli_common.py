@@ -29,7 +29,6 @@ __all__ = [
     "ConfigFile",
     "DataDir",
     "Json",
-    "Port",
     "actor",
     "emit_json",
     "fail",
@@ -64,7 +63,6 @@ ConfigFile = Annotated[
     Path | None, typer.Option("--config", envvar="ONEGATE_CONFIG", help="YAML configuration file.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Port = Annotated[int | None, typer.Option("--port", help="The one public port (0: any free port).")]
 
 
 def fail(message: str) -> typer.Exit:
@@ -77,9 +75,9 @@ def settings_from(data_dir: Path | None, config: Path | None, **overrides: Any) 
     return command.settings_from(data_dir, config, overrides, fail=fail)
 
 
-def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
+def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion; start-up problems become one line."""
-    return command.run(coro, server=server, fail=fail)
+    return command.run(coro, fail=fail)
 
 
 def with_runtime(
