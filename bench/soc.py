@@ -84,22 +84,19 @@ async def _through(store: EventStore, spool_dir: Path, events: list[dict[str, An
 
 
 @contextlib.asynccontextmanager
-async def _opensearch() -> AsyncIterator[EventStore | None]:
+async def _opensearch(work: Path) -> AsyncIterator[EventStore | None]:
+    """The contract suite's OpenSearch store on an osmem-server started here (its indices
+    removed afterwards), or None where the test helpers are not available."""
     try:
-        from tests.soc import search_servers  # the test suite's osmem-server starter
+        from tests.soc import search_servers
+        from tests.soc.backends.opensearch import open_store
     except ImportError:
         yield None
         return
-    from soc.stores.search import OpenSearchEventStore
-
-    url = search_servers.osmem_url()
-    store = OpenSearchEventStore(url, prefix=f"bench-{os.getpid()}")
     try:
-        await store.open()
-        yield store
+        async with open_store(work) as store:
+            yield store
     finally:
-        await store.close()
-        await search_servers.remove_opensearch_prefix(url, store.prefix)
         search_servers.stop()
 
 
@@ -115,7 +112,7 @@ async def _run() -> dict[str, Any]:
         finally:
             await store.close()
         opensearch_eps = None
-        async with _opensearch() as search:
+        async with _opensearch(work) as search:
             if search is not None:
                 opensearch_eps = await _through(
                     search, work / "spool-opensearch", [_event(n) for n in range(EVENTS)]
