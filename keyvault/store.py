@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.files import fsync_directory, write_all
 from keyvault.errors import KeyFileError
 
 __all__ = [
@@ -63,21 +64,6 @@ def ensure_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create_exclusive(path: Path, data: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600)
@@ -85,7 +71,7 @@ def _create_exclusive(path: Path, data: bytes) -> None:
         # The umask can only remove bits from 0o600, but an inherited default ACL could add
         # some: pin the mode on the descriptor before any secret is written.
         os.fchmod(fd, 0o600)
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -98,7 +84,7 @@ def _create_exclusive(path: Path, data: bytes) -> None:
 def create_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` (mode ``0600``) holding ``data``; ``FileExistsError`` if it exists."""
     _create_exclusive(path, data)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def replace_private_file(path: Path, data: bytes) -> None:
@@ -111,7 +97,7 @@ def replace_private_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def read_private_file(path: Path) -> bytes:

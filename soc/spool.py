@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from core.files import fsync_directory, write_all
 from core.logging import get_logger
 
 __all__ = [
@@ -211,20 +212,6 @@ def _retrieve(done: asyncio.Future[int]) -> None:
 def _fail(done: asyncio.Future[int], error: SpoolError) -> None:
     if not done.done():
         done.set_exception(error)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _NotHeld(Exception):
@@ -510,7 +497,7 @@ class Spool:
             raise SpoolError(f"cannot start segment {path}: {e}") from e
         try:
             if self.fsync:
-                _fsync_directory(self.directory)  # the name must outlive a crash before its data does
+                fsync_directory(self.directory)  # the name must outlive a crash before its data does
         except OSError as e:
             os.close(fd)
             self._broken = SpoolError(f"fsync of {self.directory} failed ({e}); reopen the spool")
@@ -520,7 +507,7 @@ class Spool:
 
     def _write(self, data: bytes, size_before: int) -> None:  # writer thread
         try:
-            _write_all(self._write_fd, data)
+            write_all(self._write_fd, data)
         except OSError as e:
             try:
                 os.ftruncate(self._write_fd, size_before)
@@ -677,14 +664,14 @@ class Spool:
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                _write_all(fd, text.encode())
+                write_all(fd, text.encode())
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(temporary, self.directory / _CHECKPOINT)
             if self.fsync:
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
         except OSError as e:
             raise SpoolError(f"writing the spool checkpoint failed: {e}") from e
         for number in done:
@@ -745,7 +732,7 @@ class Spool:
                 0o600,
             )
             if self.fsync:
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
             return _Recovered(committed, {committed.segment: 0}, 0)
         if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
             raise SpoolCorrupt(
