@@ -39,7 +39,7 @@ check: lint typecheck
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.services prepare
 	$(MAKE) --no-print-directory check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 bench: $(VENV)/.installed-dev
 	@for name in keyvault idp mfa policy gateway; do $(BIN)/python -m bench $$name --json; done

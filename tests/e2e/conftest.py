@@ -213,8 +213,8 @@ class IdpServer:
 
     def _ready(self) -> bool:
         try:
-            return self._http.get(self.url("/readyz"), timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return self._http.get(self.url("/readyz"), timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             return False
 
     def stop(self) -> None:

@@ -139,9 +139,9 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    if requests.get(f"{issuer}/readyz", timeout=1).status_code == 200:
+                    if requests.get(f"{issuer}/readyz", timeout=5).status_code == 200:
                         break
-                except requests.ConnectionError:
+                except requests.RequestException:
                     pass
                 assert server.poll() is None and time.monotonic() < deadline, "the IdP did not start"
                 time.sleep(0.1)

@@ -61,7 +61,7 @@ class SecondGateway:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status_code == 200:
                     break
             except requests.RequestException:
                 pass
