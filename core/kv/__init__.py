@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from core.kv.interfaces import KV, KVError, KVUnavailable, Message, Subscription
+from core.kv.interfaces import KV, KVError, KVUnavailable, Message, Subscription, WindowCount
 from core.kv.memory import MemoryKV
 from core.kv.redis import RedisKV
 from core.settings import KVSettings
 
-__all__ = ["KV", "KVError", "KVUnavailable", "MemoryKV", "Message", "RedisKV", "Subscription", "open_kv"]
+__all__ = ["KV", "KVError", "KVUnavailable", "MemoryKV", "Message", "RedisKV", "Subscription", "WindowCount", "open_kv"]
 
 
 def open_kv(settings: KVSettings) -> KV:

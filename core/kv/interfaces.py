@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["KV", "KVError", "KVUnavailable", "Message", "Subscription"]
+__all__ = ["KV", "KVError", "KVUnavailable", "Message", "Subscription", "WindowCount"]
+
+WINDOW_BUCKETS = 16
+"""A summing window (:meth:`KV.window_sum`) keeps this many buckets per span."""
 
 
 class KVError(Exception):
@@ -24,6 +28,15 @@ class KVUnavailable(KVError):
 
 Message = tuple[str, bytes]
 """A published message: (channel, payload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """What :meth:`KV.window_add` left: ``count`` distinct members in the window, and whether
+    the member added was ``new`` to it (absent, or last seen before the window began)."""
+
+    count: int
+    new: bool
 
 
 @runtime_checkable
@@ -78,6 +91,25 @@ class KV(Protocol):
 
     async def ttl(self, key: str) -> float | None:
         """Seconds left before the key expires; None when absent or without expiry."""
+        ...
+
+    async def window_add(self, key: str, member: str | None, *, at: float, span: float) -> WindowCount:
+        """A sliding window of distinct members over *event* time (detections count failures per
+        account, accounts per address, addresses per session ...).
+
+        Puts ``member`` in the window at time ``at`` (a member already there keeps the later of
+        its two times), forgets members older than ``at - span`` and answers how many are left.
+        ``member`` None only counts. The key expires ``span`` seconds (wall clock) after the
+        last add. Atomic.
+        """
+        ...
+
+    async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
+        """The sum of the amounts added over ``[at - span, at]`` (event time), ``amount`` included.
+
+        Kept in :data:`WINDOW_BUCKETS` buckets per span, so an amount counts until its bucket
+        leaves the window (up to a bucket's width late). ``amount`` 0 only sums. Atomic.
+        """
         ...
 
     async def publish(self, channel: str, message: bytes) -> int:

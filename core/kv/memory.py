@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from core.kv.interfaces import Message
+from core.kv.interfaces import WINDOW_BUCKETS, Message, WindowCount
 
 __all__ = ["MemoryKV"]
 
@@ -45,6 +45,9 @@ class MemoryKV:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._subscribers: dict[str, set[_QueueSubscription]] = {}
         self._writes = 0
+        # Windows: key -> (member or bucket -> time or amount, wall-clock expiry).
+        self._windows: dict[str, tuple[dict[str, float], float]] = {}
+        self._sums: dict[str, tuple[dict[int, int], float]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryKV(keys={len(self._data)})"
@@ -126,6 +129,50 @@ class MemoryKV:
         if item is None or item[1] is None:
             return None
         return item[1] - self._clock()
+
+    def _sweep_windows(self) -> None:
+        now = self._clock()
+        for table in (self._windows, self._sums):
+            for key in [k for k, (_, expires) in table.items() if expires <= now]:
+                del table[key]
+
+    async def window_add(self, key: str, member: str | None, *, at: float, span: float) -> WindowCount:
+        if span <= 0:
+            raise ValueError("span must be positive")
+        if member == "":
+            raise ValueError("a window member is a non-empty string")
+        held = self._windows.get(key)
+        members = {} if held is None or held[1] <= self._clock() else held[0]
+        start = at - span
+        new = False
+        if member is not None:
+            previous = members.get(member)
+            new = previous is None or previous < start
+            if previous is None or previous < at:
+                members[member] = at
+            self._writes += 1
+            if self._writes % _SWEEP_EVERY == 0:
+                self._sweep_windows()
+            self._windows[key] = (members, self._clock() + span)
+        for old in [m for m, seen in members.items() if seen < start]:
+            del members[old]
+        return WindowCount(len(members), new)
+
+    async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
+        if span <= 0:
+            raise ValueError("span must be positive")
+        width = span / WINDOW_BUCKETS
+        held = self._sums.get(key)
+        buckets = {} if held is None or held[1] <= self._clock() else held[0]
+        if amount:
+            bucket = int(at // width)
+            buckets[bucket] = buckets.get(bucket, 0) + amount
+            self._sums[key] = (buckets, self._clock() + span)
+        first = int((at - span) // width)
+        for old in [b for b in buckets if b < first]:
+            del buckets[old]
+        last = int(at // width)
+        return sum(amount for bucket, amount in buckets.items() if bucket <= last)
 
     async def publish(self, channel: str, message: bytes) -> int:
         subscribers = self._subscribers.get(channel, set())

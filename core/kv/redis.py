@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.kv.interfaces import KVError, KVUnavailable, Message
+from core.kv.interfaces import WINDOW_BUCKETS, KVError, KVUnavailable, Message, WindowCount
 
 __all__ = ["RedisKV"]
 
@@ -46,6 +46,43 @@ else
   redis.call('SET', KEYS[1], ARGV[4])
 end
 return 1
+"""
+
+
+# A sorted set of members scored by event time. ARGV: member ('' to only count), at, start
+# (at - span, exact as text), ttl_ms. Returns {count, new}.
+_WINDOW_ADD = """
+local new = 0
+if ARGV[1] ~= '' then
+  local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if (not seen) or tonumber(seen) < tonumber(ARGV[3]) then new = 1 end
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return {redis.call('ZCARD', KEYS[1]), new}
+"""
+
+# A hash of bucket -> amount. ARGV: amount, bucket, first bucket in the window, ttl_ms.
+_WINDOW_SUM = """
+local amount = tonumber(ARGV[1])
+local bucket = tonumber(ARGV[2])
+if amount ~= 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[2], amount)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local first = tonumber(ARGV[3])
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local b = tonumber(fields[i])
+  if b < first then
+    redis.call('HDEL', KEYS[1], fields[i])
+  elseif b <= bucket then
+    total = total + tonumber(fields[i + 1])
+  end
+end
+return total
 """
 
 
@@ -101,6 +138,8 @@ class RedisKV:
         )
         self._incr = self._client.register_script(_INCR_WITH_TTL)
         self._cas = self._client.register_script(_COMPARE_AND_SET)
+        self._window_add = self._client.register_script(_WINDOW_ADD)
+        self._window_sum = self._client.register_script(_WINDOW_SUM)
 
     def __repr__(self) -> str:
         # The URL may carry a password: show the host part only.
@@ -160,6 +199,18 @@ class RedisKV:
     async def ttl(self, key: str) -> float | None:
         ms = int(await self._call(self._client.pttl(self._k(key))))
         return None if ms < 0 else ms / 1000
+
+    async def window_add(self, key: str, member: str | None, *, at: float, span: float) -> WindowCount:
+        if member == "":
+            raise ValueError("a window member is a non-empty string")
+        args = [member or "", repr(float(at)), repr(float(at - span)), _ms(span) or 1]
+        count, new = await self._call(self._window_add(keys=[self._k(key)], args=args))
+        return WindowCount(int(count), bool(new))
+
+    async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
+        width = span / WINDOW_BUCKETS
+        args = [int(amount), int(at // width), int((at - span) // width), _ms(span) or 1]
+        return int(await self._call(self._window_sum(keys=[self._k(key)], args=args)))
 
     async def publish(self, channel: str, message: bytes) -> int:
         return int(await self._call(self._client.publish(self._k(channel), message)))

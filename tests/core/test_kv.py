@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.kv import KV, KVUnavailable, MemoryKV, RedisKV, open_kv
+from core.kv import KV, KVUnavailable, MemoryKV, RedisKV, WindowCount, open_kv
 from core.settings import KVSettings
 
 
@@ -160,3 +160,58 @@ async def test_unreachable_redis_is_a_clear_error() -> None:
     assert "hunter2" not in str(info.value)
     assert "hunter2" not in repr(kv)
     await kv.close()
+
+
+# -- sliding windows over event time (detections) ------------------------------------------------
+
+
+async def test_window_add_counts_distinct_members_and_forgets_old_ones(kv: KV) -> None:
+    t = 1_800_000_000.25
+    assert await kv.window_add("w", "alice", at=t, span=60) == WindowCount(1, True)
+    assert await kv.window_add("w", "bob", at=t + 1, span=60) == WindowCount(2, True)
+    # The same member again is not new and is not counted twice.
+    assert await kv.window_add("w", "alice", at=t + 2, span=60) == WindowCount(2, False)
+    # At t+61.5 bob (t+1) has left the window; alice (moved to t+2) has not.
+    assert await kv.window_add("w", "carol", at=t + 61.5, span=60) == WindowCount(2, True)
+    assert await kv.window_add("w", None, at=t + 61.5, span=60) == WindowCount(2, False)
+    # bob is new again (his last time left the window); by t+63 alice has left too.
+    assert await kv.window_add("w", "bob", at=t + 63, span=60) == WindowCount(2, True)
+    assert await kv.window_add("w", None, at=t + 200, span=60) == WindowCount(0, False)
+
+
+async def test_window_keeps_the_later_time_of_a_member(kv: KV) -> None:
+    t = 1_800_000_000.0
+    await kv.window_add("w", "a", at=t + 50, span=60)
+    await kv.window_add("w", "a", at=t, span=60)  # an older, out-of-order sighting
+    assert (await kv.window_add("w", None, at=t + 100, span=60)).count == 1
+
+
+async def test_window_count_alone_creates_nothing(kv: KV) -> None:
+    assert await kv.window_add("empty", None, at=1_800_000_000.0, span=60) == WindowCount(0, False)
+    assert await kv.ttl("empty") is None
+
+
+async def test_window_rejects_an_empty_member_and_a_non_positive_span(kv: KV) -> None:
+    with pytest.raises(ValueError):
+        await kv.window_add("w", "", at=1.0, span=60)
+    with pytest.raises(ValueError):
+        await kv.window_add("w", "a", at=1.0, span=0)
+
+
+async def test_window_sum_adds_amounts_within_the_span(kv: KV) -> None:
+    t = 1_800_000_000.0  # a multiple of the bucket width (60 / 16 s)
+    assert await kv.window_sum("bytes", 100, at=t, span=60) == 100
+    assert await kv.window_sum("bytes", 50, at=t + 30, span=60) == 150
+    assert await kv.window_sum("bytes", 0, at=t + 30, span=60) == 150
+    # At t + 65 the first bucket [t, t + 3.75) has left the window.
+    assert await kv.window_sum("bytes", 1, at=t + 65, span=60) == 51
+    assert await kv.window_sum("bytes", 0, at=t + 1000, span=60) == 0
+
+
+async def test_windows_expire_after_their_span(kv: KV) -> None:
+    await kv.window_add("w", "a", at=1_800_000_000.0, span=0.2)
+    await kv.window_sum("s", 5, at=1_800_000_000.0, span=0.2)
+    await asyncio.sleep(0.3)
+    # Event time says "still in the window", but the keys themselves are gone.
+    assert (await kv.window_add("w", None, at=1_800_000_000.0, span=0.2)).count == 0
+    assert await kv.window_sum("s", 0, at=1_800_000_000.0, span=0.2) == 0
