@@ -7,7 +7,17 @@ from core.kv.memory import MemoryKV
 from core.kv.redis import RedisKV
 from core.settings import KVSettings
 
-__all__ = ["KV", "KVError", "KVUnavailable", "MemoryKV", "Message", "RedisKV", "Subscription", "WindowCount", "open_kv"]
+__all__ = [
+    "KV",
+    "KVError",
+    "KVUnavailable",
+    "MemoryKV",
+    "Message",
+    "RedisKV",
+    "Subscription",
+    "WindowCount",
+    "open_kv",
+]
 
 
 def open_kv(settings: KVSettings) -> KV:

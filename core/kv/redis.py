@@ -203,7 +203,7 @@ class RedisKV:
     async def window_add(self, key: str, member: str | None, *, at: float, span: float) -> WindowCount:
         if member == "":
             raise ValueError("a window member is a non-empty string")
-        args = [member or "", repr(float(at)), repr(float(at - span)), _ms(span) or 1]
+        args: list[str | int] = [member or "", repr(float(at)), repr(float(at - span)), _ms(span) or 1]
         count, new = await self._call(self._window_add(keys=[self._k(key)], args=args))
         return WindowCount(int(count), bool(new))
 
