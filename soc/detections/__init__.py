@@ -1,0 +1,1 @@
+"""Detections: rules that watch ingested events and raise alerts (streaming and scheduled)."""
