@@ -33,12 +33,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.events import Category, Event, EventEmitter, Outcome
 from core.eventstore import EventStore, StoreUnavailable
 from core.logging import get_logger
-from soc.spool import Spool, SpoolCorrupt
+from soc.spool import Position, Spool, SpoolCorrupt
+
+if TYPE_CHECKING:
+    from soc.detections.engine import Detector
 
 __all__ = ["MAX_DOCUMENT_BYTES", "DocumentRefused", "Ingest", "normalise"]
 
@@ -155,6 +158,7 @@ class Ingest:
         store: EventStore,
         *,
         events: EventEmitter | None = None,
+        detector: Detector | None = None,
         batch_size: int = 1000,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -162,6 +166,10 @@ class Ingest:
         self._spool = spool
         self._store = store
         self._events = events
+        self._detector = detector
+        # The spool offset of the batch being written and how many of its documents the
+        # detector has seen: a batch read again after a failure is not detected twice.
+        self._detected: tuple[Position | None, int] = (None, 0)
         self._batch_size = batch_size
         self._max_backoff = max_backoff
         self._clock = clock
@@ -172,6 +180,7 @@ class Ingest:
         self.refused = 0
         self.store_failures = 0
         self.store_down_since: float | None = None
+        self.detection_failures = 0
 
     # -- sources ---------------------------------------------------------------------------------
 
@@ -213,6 +222,10 @@ class Ingest:
             if batch is None:
                 await self._spool.wait_for_data(1.0)
                 continue
+            if self._detector is not None and not await self._detect(batch.start, batch.documents):
+                pause = min(self._max_backoff, max(0.05, pause * 2))
+                await asyncio.sleep(pause)
+                continue
             try:
                 await self._write(batch.documents)
             except StoreUnavailable as e:
@@ -229,6 +242,26 @@ class Ingest:
                 _log.info("event store back", down_seconds=round(self._clock() - self.store_down_since, 1))
                 self.store_down_since = None
             pause = 0.0
+
+    async def _detect(self, start: Position, documents: Sequence[dict[str, Any]]) -> bool:
+        """Streaming detections over the documents of the batch at ``start`` not yet seen; False
+        when the detector could not finish (its KV or the alert store is down): the batch waits,
+        as it would for the event store, and alerts come late rather than never."""
+        assert self._detector is not None  # noqa: S101 - checked by the caller
+        seen = self._detected[1] if self._detected[0] == start else 0
+        if seen >= len(documents):
+            return True
+        try:
+            await self._detector.process(documents[seen:])
+        except Exception as e:  # any failure of a dependency: retry the batch later
+            self.detection_failures += 1
+            if self.detection_failures == 1 or self.detection_failures % 100 == 0:
+                _log.warning(
+                    "detections failed; the batch waits", error=str(e)[:300], failures=self.detection_failures
+                )
+            return False
+        self._detected = (start, len(documents))
+        return True
 
     async def _write(self, documents: Sequence[dict[str, Any]]) -> None:
         try:

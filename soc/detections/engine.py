@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from core.kv import KV, WindowCount
+from core.kv import KV, KVError, WindowCount
 from core.logging import get_logger
 from soc.detections.model import RuleInfo, Signal
 from soc.detections.places import Places
@@ -142,6 +142,7 @@ class Detector:
         self._drill_of = drill_of
         self._on_signal = on_signal
         self.signals = 0
+        self.errors = 0
 
     @property
     def rules(self) -> list[RuleInfo]:
@@ -154,7 +155,19 @@ class Detector:
             for rule, ctx in self._contexts:
                 if not rule.wants(doc):
                     continue
-                signal = await rule.check(doc, ctx)
+                try:
+                    signal = await rule.check(doc, ctx)
+                except (KVError, OSError):
+                    raise  # the KV is down: the caller retries the batch later
+                except Exception as e:  # one rule's fault must not stop the others
+                    self.errors += 1
+                    _log.error(
+                        "detection rule failed on a document",
+                        rule=rule.info.id,
+                        event_id=doc.get("event.id"),
+                        error=f"{type(e).__name__}: {str(e)[:200]}",
+                    )
+                    continue
                 if signal is None:
                     continue
                 drill = self._drill_of(doc) if self._drill_of is not None else None

@@ -1,0 +1,151 @@
+"""Ingest with streaming detections: alerts as events arrive, and through a KV outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from core.eventstore import Query
+from core.kv import RedisKV
+from soc.detections.engine import Detector
+from soc.detections.rules import auth
+from soc.ingest import Ingest
+from soc.spool import Spool
+from soc.stores.sqlite import SqliteEventStore
+from tests.services import _redis_binary
+from tests.soc.detection_support import Sink, login
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, with an append-only file, so it can be stopped and
+    started again with its data (the windows) intact."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = _redis_binary()
+        assert binary is not None, "redis-server is needed (python -m tests.services prepare)"
+        self.binary = binary
+        self.directory = directory
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            assert self.process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def pipeline(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> AsyncIterator[tuple[Ingest, Sink, SqliteEventStore]]:
+    spool = Spool(tmp_path / "spool", max_bytes=16 << 20, segment_bytes=1 << 20)
+    await spool.open()
+    store = SqliteEventStore(tmp_path / "events.db")
+    kv = RedisKV(private_redis.url, prefix="soc-test:", connect_timeout=0.5)
+    sink = Sink()
+    detector = Detector(auth.rules(), kv=kv, sink=sink)
+    ingest = Ingest(spool, store, detector=detector, batch_size=100, max_backoff=0.1)
+    writer = asyncio.create_task(ingest.run())
+    yield ingest, sink, store
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+    await kv.close()
+    await spool.close()
+    await store.close()
+
+
+async def _until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_alert_is_raised_as_the_events_are_ingested(
+    pipeline: tuple[Ingest, Sink, SqliteEventStore],
+) -> None:
+    ingest, sink, store = pipeline
+    for i in range(10):
+        await ingest.handle(login("zhangwei", ok=False, ip="203.0.113.7", t=i))
+    await _until(lambda: len(sink.signals) == 1)
+    assert sink.signals[0][0].rule.id == "onegate.brute-force"
+    assert await ingest.drain(10)
+    assert (await store.search(Query(text="event.action:user-login", size=50))).total == 10
+
+
+async def test_a_kv_outage_delays_detection_and_loses_nothing(
+    pipeline: tuple[Ingest, Sink, SqliteEventStore], private_redis: PrivateRedis
+) -> None:
+    ingest, sink, store = pipeline
+    for i in range(5):
+        await ingest.handle(login("wangfang", ok=False, ip="203.0.113.7", t=i))
+    assert await ingest.drain(10)
+    private_redis.stop()
+    for i in range(5, 10):
+        await ingest.handle(login("wangfang", ok=False, ip="203.0.113.7", t=i))  # still accepted
+    await _until(lambda: ingest.detection_failures >= 2)
+    assert sink.signals == []
+    private_redis.start()  # the same data directory: the first five failures are still counted
+    await _until(lambda: len(sink.signals) == 1)
+    assert await ingest.drain(10)
+    [(signal, _)] = sink.signals
+    assert signal.rule.id == "onegate.brute-force" and signal.values["failures"] == 10
+    found = await store.search(Query(text="user.name:wangfang", size=50, ascending=True))
+    assert found.total == 10
+    assert len({hit["event.id"] for hit in found.hits}) == 10
