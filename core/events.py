@@ -328,12 +328,22 @@ class RecordingEmitter:
 
 
 Handler = Callable[[Event], Awaitable[None]]
+BatchHandler = Callable[[list[Event]], Awaitable[None]]
 
 
 class _Subscriber:
-    def __init__(self, name: str, handler: Handler, maxsize: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        handler: Handler | None,
+        maxsize: int,
+        batch: BatchHandler | None = None,
+        max_batch: int = 1,
+    ) -> None:
         self.name = name
         self.handler = handler
+        self.batch = batch
+        self.max_batch = max_batch
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.task: asyncio.Task[None] | None = None
         self.overflow: deque[Event] = deque()
@@ -366,12 +376,22 @@ class EventBus:
 
     def subscribe(self, name: str, handler: Handler) -> None:
         """Deliver every later event to ``handler`` (register before ``start``)."""
-        if any(s.name == name for s in self._subscribers):
-            raise ValueError(f"a subscriber named {name!r} exists")
-        subscriber = _Subscriber(name, handler, self._queue_size)
+        self._add(_Subscriber(name, handler, self._queue_size))
+
+    def subscribe_batch(self, name: str, handler: BatchHandler, *, max_batch: int = 1000) -> None:
+        """Deliver later events to ``handler`` in lists, in emission order: whatever has queued
+        up while the previous call ran, at most ``max_batch`` at a time (a durable sink then
+        pays one disk flush per list, not per event)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._add(_Subscriber(name, None, self._queue_size, handler, max_batch))
+
+    def _add(self, subscriber: _Subscriber) -> None:
+        if any(s.name == subscriber.name for s in self._subscribers):
+            raise ValueError(f"a subscriber named {subscriber.name!r} exists")
         self._subscribers.append(subscriber)
         if self._running:
-            subscriber.task = asyncio.create_task(self._work(subscriber), name=f"events:{name}")
+            subscriber.task = asyncio.create_task(self._work(subscriber), name=f"events:{subscriber.name}")
 
     def emit(self, event: Event) -> None:
         if not isinstance(event, Event):
@@ -397,10 +417,14 @@ class EventBus:
                     self._work(subscriber), name=f"events:{subscriber.name}"
                 )
 
-    async def _deliver(self, subscriber: _Subscriber, event: Event) -> None:
+    async def _deliver(self, subscriber: _Subscriber, events: list[Event]) -> None:
         for attempt in (1, 2):
             try:
-                await subscriber.handler(event)
+                if subscriber.batch is not None:
+                    await subscriber.batch(events)
+                else:
+                    assert subscriber.handler is not None  # noqa: S101 - one of the two is set
+                    await subscriber.handler(events[0])
                 return
             except asyncio.CancelledError:
                 raise
@@ -409,27 +433,37 @@ class EventBus:
                     "event handler failed",
                     subscriber=subscriber.name,
                     attempt=attempt,
-                    event_action=event.action,
+                    event_action=events[0].action,
+                    events=len(events),
                     error=type(e).__name__,
                 )
                 if attempt == 2:
-                    if self._on_failure is not None:
-                        self._on_failure(subscriber.name, event, e)
-                    else:
-                        log.error("event undeliverable", subscriber=subscriber.name, event_id=event.id)
+                    for event in events:
+                        if self._on_failure is not None:
+                            self._on_failure(subscriber.name, event, e)
+                        else:
+                            log.error("event undeliverable", subscriber=subscriber.name, event_id=event.id)
 
     async def _work(self, subscriber: _Subscriber) -> None:
+        queue, overflow = subscriber.queue, subscriber.overflow
         while True:
-            event = await subscriber.queue.get()
+            events = [await queue.get()]
+            while len(events) < subscriber.max_batch:
+                if queue.empty():
+                    # Refill from the overflow, oldest first, keeping emission order.
+                    while overflow and not queue.full():
+                        queue.put_nowait(overflow.popleft())
+                    if queue.empty():
+                        break
+                events.append(queue.get_nowait())
             try:
-                await self._deliver(subscriber, event)
+                await self._deliver(subscriber, events)
             finally:
-                subscriber.pending -= 1
+                subscriber.pending -= len(events)
                 if not subscriber.pending:
                     subscriber.idle.set()
-            # Refill the queue from the overflow, oldest first, keeping emission order.
-            while subscriber.overflow and not subscriber.queue.full():
-                subscriber.queue.put_nowait(subscriber.overflow.popleft())
+            while overflow and not queue.full():
+                queue.put_nowait(overflow.popleft())
 
     async def drain(self) -> None:
         """Wait until every subscriber has handled every event emitted so far."""

@@ -197,8 +197,13 @@ class Ingest:
         return len(checked)
 
     async def handle(self, event: Event) -> None:
-        """The event-bus subscriber: one event of this process, spooled."""
+        """An event-bus subscriber: one event of this process, spooled."""
         await self.accept([event.flat()])
+
+    async def handle_batch(self, events: list[Event]) -> None:
+        """The event-bus batch subscriber (``EventBus.subscribe_batch``): the events that queued
+        up, spooled with one disk flush."""
+        await self.accept([event.flat() for event in events])
 
     # -- the writer ------------------------------------------------------------------------------
 

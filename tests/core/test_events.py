@@ -168,6 +168,51 @@ async def test_failing_handler_is_retried_then_handed_to_on_failure() -> None:
     assert attempts["n"] == 4
 
 
+async def test_batch_subscriber_gets_what_queued_in_order_and_at_most_max_batch() -> None:
+    bus = EventBus(queue_size=8)
+    batches: list[list[str]] = []
+
+    async def store(events: list[Event]) -> None:
+        batches.append([e.get("trace.id") for e in events])
+        await asyncio.sleep(0.001)
+
+    bus.subscribe_batch("spool", store, max_batch=16)
+    await bus.start()
+    for i in range(100):  # beyond the queue: the overflow keeps the rest, in order
+        bus.emit(access_event(**{"trace.id": str(i)}))
+    await bus.drain()
+    assert [t for batch in batches for t in batch] == [str(i) for i in range(100)]
+    assert max(len(b) for b in batches) == 16
+    assert len(batches) < 20  # delivered in lists, not one by one
+    bus.emit(access_event(**{"trace.id": "late"}))
+    await bus.stop()
+    assert batches[-1] == ["late"]
+    assert bus.backlog()["spool"] == 0
+
+
+async def test_a_failing_batch_is_retried_then_each_event_handed_to_on_failure() -> None:
+    failures: list[str] = []
+    bus = EventBus(on_failure=lambda _name, event, _err: failures.append(event.get("trace.id")))
+
+    async def down(_events: list[Event]) -> None:
+        raise RuntimeError("spool full")
+
+    bus.subscribe_batch("spool", down)
+    await bus.start()
+    for i in range(3):
+        bus.emit(access_event(**{"trace.id": str(i)}))
+    await bus.stop()
+    assert failures == ["0", "1", "2"]
+
+
+def test_batch_size_must_be_positive() -> None:
+    async def noop(_events: list[Event]) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="max_batch"):
+        EventBus().subscribe_batch("x", noop, max_batch=0)
+
+
 def test_duplicate_subscriber_names_refused() -> None:
     bus = EventBus()
 

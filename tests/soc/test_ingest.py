@@ -139,9 +139,13 @@ async def test_a_refused_document_refuses_its_batch(pipeline: Pipeline) -> None:
 # -- the pipeline --------------------------------------------------------------------------------------
 
 
-async def test_bus_events_reach_the_store_in_order(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
+async def test_bus_events_reach_the_store_in_order(pipeline: Pipeline, batched: bool) -> None:
     bus = EventBus()
-    bus.subscribe("soc-ingest", pipeline.ingest.handle)
+    if batched:
+        bus.subscribe_batch("soc-ingest", pipeline.ingest.handle_batch, max_batch=64)
+    else:
+        bus.subscribe("soc-ingest", pipeline.ingest.handle)
     await bus.start()
     sent = [
         Event(action="access", category=Category.WEB, outcome=Outcome.SUCCESS, fields={"user.name": f"u{i}"})
