@@ -9,6 +9,6 @@ __all__ = ["builtin_rules"]
 
 def builtin_rules() -> list[StreamingRule]:
     """A fresh instance of every built-in streaming rule."""
-    from soc.detections.rules import auth
+    from soc.detections.rules import access, auth, identity
 
-    return [*auth.rules()]
+    return [*auth.rules(), *identity.rules(), *access.rules()]
