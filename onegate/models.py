@@ -9,9 +9,11 @@ from idp.directory import models as directory_models
 from mfa import models as mfa_models
 from onegate.admin import models as admin_models
 from policy import models as policy_models
+from soc.alerts import models as alert_models
 
 __all__ = [
     "admin_models",
+    "alert_models",
     "client_models",
     "directory_models",
     "gateway_models",
