@@ -45,19 +45,7 @@ Off = Annotated[bool, typer.Option("--off", help="Withdraw the requirement inste
 
 
 def _services(runtime: Runtime) -> MfaServices:
-    from mfa.services import MfaServices  # TOTP, WebAuthn and fido2: not for every command
-
-    settings = runtime.settings
-    return MfaServices.build(
-        settings.mfa,
-        # Only the RP id depends on the issuer, and nothing here starts a WebAuthn ceremony.
-        issuer=settings.idp.issuer or "http://idp.localhost",
-        db=runtime.sessions,
-        kv=runtime.kv,
-        envelope=runtime.vault.envelope,
-        hasher=runtime.directory.hashing,
-        events=runtime.bus,
-    )
+    return runtime.mfa
 
 
 @app.command("status")

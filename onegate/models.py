@@ -10,14 +10,20 @@ from mfa import models as mfa_models
 from onegate.admin import models as admin_models
 from policy import models as policy_models
 from soc.alerts import models as alert_models
+from soc.drills import models as drill_models
+from soc.incidents import models as incident_models
+from soc.response import models as response_models
 
 __all__ = [
     "admin_models",
     "alert_models",
     "client_models",
     "directory_models",
+    "drill_models",
     "gateway_models",
+    "incident_models",
     "metadata",
     "mfa_models",
     "policy_models",
+    "response_models",
 ]

@@ -24,6 +24,7 @@ from keyvault import Keyvault, KeyvaultError, open_keyvault
 
 if TYPE_CHECKING:
     from idp.directory.services import Directory
+    from mfa.services import MfaServices
 
 __all__ = ["MIGRATIONS", "Runtime", "StartupError", "open_runtime"]
 
@@ -52,6 +53,24 @@ class Runtime:
 
         policy = PasswordPolicy(min_length=self.settings.idp.password_min_length)
         return Directory(self.sessions, hashing=PasswordHashing(), policy=policy)
+
+    @cached_property
+    def mfa(self) -> MfaServices:
+        """Second factors (TOTP, WebAuthn, recovery codes) for administration: resets, status.
+        Built on first use; nothing here starts a WebAuthn ceremony, so only the RP id depends on
+        the issuer."""
+        from mfa.services import MfaServices
+
+        settings = self.settings
+        return MfaServices.build(
+            settings.mfa,
+            issuer=settings.idp.issuer or "http://idp.localhost",
+            db=self.sessions,
+            kv=self.kv,
+            envelope=self.vault.envelope,
+            hasher=self.directory.hashing,
+            events=self.bus,
+        )
 
     async def check_database(self) -> None:
         await check_database(self.engine)

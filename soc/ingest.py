@@ -159,6 +159,7 @@ class Ingest:
         *,
         events: EventEmitter | None = None,
         detector: Detector | None = None,
+        tag: Callable[[Mapping[str, Any]], str | None] | None = None,
         batch_size: int = 1000,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -167,6 +168,7 @@ class Ingest:
         self._store = store
         self._events = events
         self._detector = detector
+        self.tag = tag  # which drill a document belongs to (replaced as drills start and end)
         # The spool offset of the batch being written and how many of its documents the
         # detector has seen: a batch read again after a failure is not detected twice.
         self._detected: tuple[Position | None, int] = (None, 0)
@@ -191,6 +193,12 @@ class Ingest:
         :class:`DocumentRefused` refuses the whole batch (nothing spooled); ``SpoolFull``
         passes through (the source keeps its events and retries)."""
         checked = [normalise(d, i, received=received) for i, d in enumerate(documents)]
+        tag = self.tag
+        if tag is not None:
+            for document in checked:
+                drill = tag(document)
+                if drill is not None:
+                    document["onegate.drill_id"] = drill
         if checked:
             await self._spool.append(checked)
             self._watch_fill()

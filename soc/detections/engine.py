@@ -103,7 +103,8 @@ class Detector:
 
     ``params`` overrides rule parameters per site: ``{"onegate.brute-force": {"threshold": 20}}``.
     ``drill_of`` tells which drill (if any) a document belongs to, so its alerts are tagged and
-    kept out of real incidents. ``enabled`` (rule ids) limits the rules run; None runs all."""
+    kept out of real incidents (by default its ``onegate.drill_id``, which ingest sets).
+    ``enabled`` (rule ids) limits the rules run; None runs all."""
 
     def __init__(
         self,
@@ -170,7 +171,11 @@ class Detector:
                     continue
                 if signal is None:
                     continue
-                drill = self._drill_of(doc) if self._drill_of is not None else None
+                if self._drill_of is not None:
+                    drill = self._drill_of(doc)
+                else:  # ingest tags drill events (soc.drills.DrillTagger)
+                    tagged = doc.get("onegate.drill_id")
+                    drill = tagged if isinstance(tagged, str) else None
                 await self._sink.raise_signal(signal, drill_id=drill)
                 self.signals += 1
                 raised.append(signal)
