@@ -46,6 +46,7 @@ __all__ = [
     "Exists",
     "FullText",
     "Match",
+    "NativeQuery",
     "Node",
     "Not",
     "Or",
@@ -312,6 +313,27 @@ class Query:
 
 
 @dataclass(frozen=True)
+class NativeQuery:
+    """A query already written in the stores' own languages (a Sigma rule compiled by soc.sigma),
+    one text per store ``name``: for ``opensearch`` and ``elasticsearch`` a Lucene query string (run
+    as ``query_string`` inside a filter); for ``sqlite`` an SQL boolean expression whose columns
+    are the dotted field names listed in ``fields``, quoted (`` `user.name` ``), each standing for
+    any one element of the field's value. Unlike :class:`Query` it is not parsed here: it comes
+    from a rule an administrator installed, never from a console user's text, and the stores still
+    run it read-only."""
+
+    texts: Mapping[str, str]
+    fields: tuple[str, ...] = ()
+
+    def text_for(self, store: str) -> str:
+        """The text for the store named ``store``; QueryError when the query has none."""
+        text = self.texts.get(store)
+        if not text:
+            raise QueryError(f"the native query has no form for the {store} store")
+        return text
+
+
+@dataclass(frozen=True)
 class WriteResult:
     written: int  # new documents stored
     duplicates: int  # documents whose event.id was already stored (left as they were)
@@ -366,6 +388,13 @@ class EventStore(Protocol):
     async def date_histogram(self, query: Query, interval: int) -> list[Bucket]:
         """Matches per ``interval`` seconds, buckets aligned to the epoch, empty ones included
         between the first and the last non-empty one."""
+        ...
+
+    async def native_search(
+        self, native: NativeQuery, start: datetime, end: datetime, size: int = 1000
+    ) -> SearchResult:
+        """Matches of ``native`` with ``start`` <= ``@timestamp`` < ``end``, oldest first (ties by
+        ``event.id``), at most ``size`` of them; ``total`` counts them all."""
         ...
 
     async def delete_before(self, cutoff: datetime) -> int:

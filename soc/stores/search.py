@@ -39,6 +39,10 @@ core.eventstore to the query DSL, writing, paging, aggregations and retention. T
   ``match`` query: on a keyword field that is an exact term; on a numeric field the value is read
   as a number (``status:403`` matches 403), and a value that is not one matches nothing instead of
   failing the request.
+* **Native queries** (:meth:`_SearchEventStore.native_search`, Sigma rules compiled to Lucene by
+  the pySigma backends) are the one place ``query_string`` is used: the text is an administrator's
+  rule, run inside a ``bool`` filter with the time range, ``default_field`` pointing at no field
+  (a rule must name its fields) and leading wildcards allowed (Sigma's ``contains``).
 * **Errors.** A server that cannot be reached or does not answer within ``timeout`` raises
   :class:`~core.eventstore.StoreUnavailable` with a one-line reason naming the server without its
   credentials, as does any request the server refuses; a query the server cannot run on the data
@@ -59,11 +63,13 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from core.eventstore import (
+    MAX_SIZE,
     And,
     Bucket,
     Exists,
     FullText,
     Match,
+    NativeQuery,
     Node,
     Not,
     Or,
@@ -674,6 +680,37 @@ class _SearchEventStore:
                 if nanos is None or not isinstance(event_id, str):
                     raise QueryError("after must be the cursor of a previous page")
                 body["search_after"] = [nanos, event_id]
+        answer = await self._query_request(self._api.search(self._pattern, body))
+        found = answer.get("hits") or {}
+        total = found.get("total", 0)
+        hits = []
+        for hit in found.get("hits", []):
+            document = dict(hit["_source"])
+            document.pop(WORDS_FIELD, None)
+            hits.append(document)
+        return SearchResult(total=int(total["value"] if isinstance(total, dict) else total), hits=hits)
+
+    async def native_search(
+        self, native: NativeQuery, start: datetime, end: datetime, size: int = 1000
+    ) -> SearchResult:
+        text = native.text_for(self.name)
+        if isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+            raise QueryError(f"size must be 0..{MAX_SIZE}")
+        span = compile_query(Query(start=start, end=end))
+        lucene = {
+            "query_string": {
+                "query": text,
+                "default_field": "_none_",  # no field-less terms: they would search every field
+                "allow_leading_wildcard": True,
+                "analyze_wildcard": False,  # keywords: wildcards compare against the whole value
+            }
+        }
+        body: dict[str, Any] = {
+            "query": {"bool": {"filter": [lucene, span]}},
+            "size": size,
+            "track_total_hits": True,
+            "sort": [{"@timestamp": {"order": "asc"}}, {"event.id": {"order": "asc"}}],
+        }
         answer = await self._query_request(self._api.search(self._pattern, body))
         found = answer.get("hits") or {}
         total = found.get("total", 0)

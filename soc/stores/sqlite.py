@@ -46,6 +46,15 @@ with the standard library's ``sqlite3``. Decisions:
   are parameters; field names are checked against the query language's field grammar (no quote
   can occur) before they become a JSON path ``$."user.name"``. The only names formatted into SQL
   are the partition tables (``events_`` + an integer day) and the fixed hot-column names.
+* **Native queries** (:meth:`SqliteEventStore.native_search`, Sigma rules compiled by
+  ``pysigma-backend-sqlite``) are an SQL condition over columns named by dotted fields. Each day's
+  table is wrapped in a subquery that exposes every field the condition reads as a column, taken
+  from the JSON document through ``json_each`` (so a list field offers each element in turn: "any
+  element" matches, as on the search stores), and the condition filters that. The text is an
+  administrator's rule, not user input, but it still runs under an authorizer that allows only
+  reading that day's table and a short list of scalar functions (no write, ``ATTACH`` or
+  ``PRAGMA``), with ``LIKE`` made case-sensitive so that a rule matches the same events as on
+  the search stores, whose strings are keywords.
 * **Errors.** A database that cannot be opened, is locked past ``busy_timeout``, is read-only or
   full raises :class:`~core.eventstore.StoreUnavailable` with one line of reason; the connection is
   dropped and reopened by the next call, so the store works again once the cause is gone. A bad
@@ -69,11 +78,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from core.eventstore import (
+    MAX_SIZE,
     And,
     Bucket,
     Exists,
     FullText,
     Match,
+    NativeQuery,
     Node,
     Not,
     Or,
@@ -608,6 +619,18 @@ class SqliteEventStore:
             for start in range(first, last + 1, width)
         ]
 
+    async def native_search(
+        self, native: NativeQuery, start: datetime, end: datetime, size: int = 1000
+    ) -> SearchResult:
+        for moment in (start, end):
+            if not isinstance(moment, datetime) or moment.tzinfo is None:
+                raise QueryError("start and end must be timezone-aware datetimes")
+        if isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+            raise QueryError(f"size must be 0..{MAX_SIZE}")
+        return await self._run(
+            functools.partial(_native_search, native=native, start=start, end=end, size=size)
+        )
+
     async def delete_before(self, cutoff: datetime) -> int:
         if not isinstance(cutoff, datetime) or cutoff.tzinfo is None:
             raise ValueError("cutoff must be a timezone-aware datetime")
@@ -816,6 +839,91 @@ def _histogram(conn: sqlite3.Connection, query: Query, width: int) -> dict[int, 
             for start, found in rows:
                 counts[start] = counts.get(start, 0) + found
     return counts
+
+
+# What a native condition may call: the forms pysigma-backend-sqlite writes, and plain text helpers.
+_NATIVE_FUNCTIONS = frozenset(
+    ("like", "glob", "coalesce", "ifnull", "lower", "upper", "instr", "substr", "length", "count")
+)
+
+
+def _unavailable_reason(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an error is about the database (locked, busy, I/O, damage) rather than the
+    statement."""
+    text = str(exc).lower()
+    words = ("locked", "busy", "disk", "unable to open", "readonly", "full", "not a database", "corrupt")
+    return any(word in text for word in words)
+
+
+def _native_authorizer(table: str) -> Callable[[int, str | None, str | None, str | None, str | None], int]:
+    """An authorizer for one native statement: read ``table`` (and json_each), call the allowed
+    functions, nothing else."""
+
+    def decide(action: int, first: str | None, second: str | None, _db: str | None, _src: str | None) -> int:
+        if action == sqlite3.SQLITE_SELECT:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_READ and first in (table, "json_each"):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION and (second or "").lower() in _NATIVE_FUNCTIONS:
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+
+    return decide
+
+
+def _native_from(day: int, fields: Sequence[str]) -> tuple[str, list[str]]:
+    """The subquery over one day: its rows with each of ``fields`` as a column (one row per element
+    of a list, NULL when the field is absent), and the JSON paths it binds first."""
+    columns = "".join(f', f{i}.value AS "{field}"' for i, field in enumerate(fields))
+    joins = "".join(f" LEFT JOIN json_each(e.doc, ?) AS f{i}" for i in range(len(fields)))
+    sql = (
+        "(SELECT e.n AS sigma__n, e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS sigma__doc"  # noqa: S608
+        f"{columns} FROM events_{day} AS e{joins} WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
+    )
+    return sql, [_path(field) for field in fields]
+
+
+def _native_search(
+    conn: sqlite3.Connection, native: NativeQuery, start: datetime, end: datetime, size: int
+) -> SearchResult:
+    condition = native.text_for("sqlite")
+    fields = list(dict.fromkeys(native.fields))
+    low, high = _micros(start), _micros(end)
+    hits: list[dict[str, Any]] = []
+    total = 0
+    with _transaction(conn, immediate=False):
+        partitions = _partitions(conn)
+        days = [d for d in sorted(partitions) if _day_span(d)[1] > low and _day_span(d)[0] < high]
+        conn.execute("PRAGMA case_sensitive_like = ON")
+        try:
+            for day in days:
+                source, paths = _native_from(day, fields)
+                params = [*paths, low, high]
+                conn.set_authorizer(_native_authorizer(f"events_{day}"))
+                try:
+                    (found,) = conn.execute(
+                        f"SELECT count(DISTINCT sigma__n) FROM {source} WHERE ({condition})",  # noqa: S608
+                        params,
+                    ).fetchone()
+                    total += found
+                    if len(hits) < size and found:
+                        rows = conn.execute(
+                            f"SELECT sigma__doc FROM {source} WHERE ({condition}) "  # noqa: S608
+                            "GROUP BY sigma__n ORDER BY sigma__ts, sigma__id LIMIT ?",
+                            [*params, size - len(hits)],
+                        )
+                        hits.extend(json.loads(doc) for (doc,) in rows)
+                finally:
+                    conn.set_authorizer(None)
+        except sqlite3.DatabaseError as exc:
+            if _unavailable_reason(exc):
+                raise
+            # A condition SQLite refuses (syntax, an unknown function, something not authorised)
+            # is the rule's fault, not the database's.
+            raise QueryError(f"sqlite cannot run the native query: {exc}") from exc
+        finally:
+            conn.execute("PRAGMA case_sensitive_like = OFF")
+    return SearchResult(total=total, hits=hits)
 
 
 def _delete_before(conn: sqlite3.Connection, cutoff: datetime) -> int:
