@@ -33,6 +33,8 @@ __all__ = [
     "MfaSettings",
     "ServerSettings",
     "Settings",
+    "SocPlace",
+    "SocSettings",
     "WebSettings",
     "iter_options",
     "load_settings",
@@ -260,6 +262,70 @@ class GatewaySettings(_Section):
     )
 
 
+class SocPlace(_Section):
+    cidr: str = Field(description="A network (CIDR) of the site.")
+    place: str = Field(min_length=1, max_length=200, description="Where it is: a building, district or zone.")
+    lat: float | None = Field(None, ge=-90, le=90, description="Latitude, for impossible-travel speeds.")
+    lon: float | None = Field(None, ge=-180, le=180, description="Longitude.")
+
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError as e:
+            raise ValueError(f"{value!r} is not a network") from e
+
+
+class SocSettings(_Section):
+    store: Literal["sqlite", "opensearch", "elasticsearch"] = Field(
+        "sqlite", description="Where events are kept: the embedded SQLite store, OpenSearch or Elasticsearch."
+    )
+    store_url: str | None = Field(
+        None, description="OpenSearch / Elasticsearch URL (`https://user:password@host:9200`)."
+    )
+    index_prefix: str = Field(
+        "onegate-events",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Index name prefix (search stores).",
+    )
+    retention_days: int = Field(
+        90, ge=1, le=3650, description="Events older than this many days are removed."
+    )
+    spool_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Disk the ingest spool may use while the store is down or slow (bytes).",
+    )
+    ingest_batch: int = Field(1000, ge=1, le=10000, description="Documents written to the store per batch.")
+    rules_disabled: list[str] = Field(
+        default_factory=list, description="Built-in detection rules not to run (rule ids)."
+    )
+    rule_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Thresholds and windows per rule id, overriding the defaults (docs/soc.md).",
+    )
+    auto_response: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Response actions run automatically for a new alert of a rule "
+        "(`{onegate.success-after-attack: [revoke-sessions]}`).",
+    )
+    places: list[SocPlace] = Field(
+        default_factory=list, description="The site's networks and where they are (impossible travel)."
+    )
+    sigma_dir: Path | None = Field(
+        None, description="A folder of Sigma rules (`*.yml`) run as scheduled rules. Unset: none."
+    )
+    incident_window: int = Field(
+        86400,
+        ge=60,
+        le=30 * 86400,
+        description="Alerts sharing an entity within this many seconds join one incident.",
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     json_lines: bool = Field(True, description="One JSON object per line (`false`: readable console lines).")
@@ -285,6 +351,7 @@ class Settings(BaseSettings):
     idp: IdpSettings = Field(default_factory=IdpSettings)
     mfa: MfaSettings = Field(default_factory=MfaSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    soc: SocSettings = Field(default_factory=SocSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

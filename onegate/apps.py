@@ -112,15 +112,26 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
         idp = build_idp_app(runtime, issuer=issuer)
         return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close], [idp.start]))
     if role == "soc":
-        return HostRouter({}, default=role_app(runtime, role), lifespan=_Lifespan(runtime))
+        from onegate.soc_app import build_soc  # not loaded by a gateway or IdP process
+
+        soc = build_soc(runtime)
+        return HostRouter(
+            {}, default=role_app(runtime, role), lifespan=_Lifespan(runtime, [soc.close], [soc.start])
+        )
     gateway = build_gateway_app(runtime, issuer=issuer, port=port, fallback=role_app(runtime, "gateway"))
     if role == "gateway":
         return HostRouter(
             {}, default=gateway.app, lifespan=_Lifespan(runtime, [gateway.close], [gateway.start])
         )
     idp = build_idp_app(runtime, issuer=issuer)
+    from onegate.soc_app import build_soc
+
+    soc = build_soc(runtime)
     return HostRouter(
         {"idp": idp.app, "soc": role_app(runtime, "soc")},
         default=gateway.app,
-        lifespan=_Lifespan(runtime, [gateway.close, idp.close], [idp.start, gateway.start]),
+        # The SOC starts first and stops last: it takes the others' events until they stop.
+        lifespan=_Lifespan(
+            runtime, [gateway.close, idp.close, soc.close], [soc.start, idp.start, gateway.start]
+        ),
     )

@@ -1,0 +1,199 @@
+"""The SOC role: ingest, detections, alerts, incidents, response and drills, assembled.
+
+:func:`build_soc` opens the event store the settings name (the embedded SQLite store in the data
+dir by default) and wires the pipeline: the event bus of this process (``serve --role all``: the
+gateway's and IdP's events) -> :class:`~soc.ingest.Ingest` (the durable spool under
+``<data dir>/soc/spool``) -> streaming detections -> :class:`~soc.triage.Triage` (alerts,
+incidents, automatic responses) and the event store. Background tasks: the ingest writer, the
+drill tagger's refresh, the Sigma rules' schedule and retention. Response actions are carried out
+through :mod:`onegate.soc_responders`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from core.eventstore import EventStore
+from core.logging import get_logger
+from core.settings import Settings
+from onegate.runtime import Runtime
+from onegate.soc_responders import responders
+from soc.alerts import AlertStore
+from soc.detections.engine import Detector
+from soc.detections.places import Places
+from soc.detections.rules import builtin_rules
+from soc.drills.services import DrillStore
+from soc.incidents.services import IncidentStore
+from soc.ingest import Ingest
+from soc.response.services import ResponseService
+from soc.spool import Spool
+from soc.triage import Triage
+
+__all__ = ["Soc", "build_soc", "open_event_store"]
+
+_log = get_logger("onegate.soc")
+TAGGER_REFRESH_SECONDS = 30.0
+SIGMA_TICK_SECONDS = 15.0
+RETENTION_EVERY_SECONDS = 3600.0
+
+
+def open_event_store(settings: Settings) -> EventStore:
+    """The event store ``soc.store`` names (not yet connected)."""
+    soc = settings.soc
+    if soc.store == "sqlite":
+        from soc.stores.sqlite import SqliteEventStore
+
+        return SqliteEventStore(settings.data_dir / "soc" / "events.db")
+    if not soc.store_url:
+        raise ValueError(f"soc.store is {soc.store}: set soc.store_url")
+    if soc.store == "opensearch":
+        from soc.stores.search import OpenSearchEventStore
+
+        return OpenSearchEventStore(soc.store_url, prefix=soc.index_prefix)
+    from soc.stores.search import ElasticsearchEventStore
+
+    return ElasticsearchEventStore(soc.store_url, prefix=soc.index_prefix)
+
+
+@dataclass
+class Soc:
+    """The SOC's services in one process, and the tasks that keep them going."""
+
+    runtime: Runtime
+    store: EventStore
+    spool: Spool
+    ingest: Ingest
+    detector: Detector
+    alerts: AlertStore
+    incidents: IncidentStore
+    responses: ResponseService
+    drills: DrillStore
+    triage: Triage
+    sigma: list[Any] = field(default_factory=list)
+    sigma_errors: list[Any] = field(default_factory=list)
+    scheduler: Any = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Open the spool, take this process's events and start the background tasks."""
+        await self.spool.open()
+        self.runtime.bus.subscribe_batch("soc-ingest", self.ingest.handle_batch)
+        await self.refresh_drills()
+        self._tasks = [
+            asyncio.create_task(self.ingest.run(), name="soc:ingest"),
+            asyncio.create_task(self._every(TAGGER_REFRESH_SECONDS, self.refresh_drills), name="soc:drills"),
+            asyncio.create_task(
+                self._every(RETENTION_EVERY_SECONDS, self.apply_retention), name="soc:retention"
+            ),
+        ]
+        if self.scheduler is not None and self.scheduler.rules:
+            self._tasks.append(
+                asyncio.create_task(self._every(SIGMA_TICK_SECONDS, self._run_sigma), name="soc:sigma")
+            )
+
+    async def close(self) -> None:
+        """Stop the tasks, after the ingest writer has written what the spool holds (briefly)."""
+        await self.runtime.bus.drain()  # the events emitted so far are spooled
+        await self.ingest.drain(5.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.spool.close()
+        await self.store.close()
+
+    async def refresh_drills(self) -> None:
+        self.ingest.tag = await self.drills.tagger()
+
+    async def apply_retention(self) -> None:
+        cutoff = datetime.now(UTC) - timedelta(days=self.runtime.settings.soc.retention_days)
+        removed = await self.store.delete_before(cutoff)
+        if removed:
+            _log.info("old events removed", removed=removed, before=cutoff.isoformat())
+
+    async def _run_sigma(self) -> None:
+        await self.scheduler.run_due()
+
+    @staticmethod
+    async def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` every ``seconds``; a failure is logged and the next round tries again."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a dependency away for a while: try again next round
+                _log.warning(
+                    "soc background task failed", task=getattr(work, "__name__", "?"), error=str(e)[:300]
+                )
+
+
+def build_soc(runtime: Runtime, *, clock: Callable[[], float] = time.time) -> Soc:
+    """Every SOC service of this process, from its settings (nothing started yet)."""
+    settings = runtime.settings
+    soc = settings.soc
+    store = open_event_store(settings)
+    root = Path(settings.data_dir) / "soc"
+    spool = Spool(root / "spool", max_bytes=soc.spool_max_bytes)
+    events = runtime.bus
+    alerts = AlertStore(runtime.engine, events=events, clock=clock)
+    incidents = IncidentStore(runtime.engine, events=events, clock=clock, window=soc.incident_window)
+    responses = ResponseService(
+        runtime.engine,
+        responders(runtime),
+        events=events,
+        clock=clock,
+        on_incident=lambda incident_id, actor, note: incidents.responded(incident_id, actor=actor, note=note),
+    )
+    triage = Triage(alerts, incidents, responses=responses, auto=soc.auto_response)
+    rules = builtin_rules()
+    enabled = [rule.info.id for rule in rules if rule.info.id not in set(soc.rules_disabled)]
+    unknown = set(soc.rules_disabled) - {rule.info.id for rule in rules}
+    if unknown:
+        raise ValueError(f"soc.rules_disabled names unknown rules: {', '.join(sorted(unknown))}")
+    detector = Detector(
+        rules,
+        kv=runtime.kv,
+        sink=triage,
+        places=Places.from_config(place.model_dump() for place in soc.places),
+        params=soc.rule_params,
+        enabled=enabled,
+    )
+    ingest = Ingest(spool, store, events=events, detector=detector, batch_size=soc.ingest_batch)
+    drills = DrillStore(runtime.engine, events=events, clock=clock)
+    sigma: list[Any] = []
+    errors: list[Any] = []
+    scheduler = None
+    if soc.sigma_dir is not None:
+        from soc.sigma.rules import load_folder
+        from soc.sigma.scheduler import ScheduledRunner
+
+        sigma, errors = load_folder(soc.sigma_dir)
+        for error in errors:
+            _log.error("sigma rule not loaded", error=str(error)[:500])
+        scheduler = ScheduledRunner(sigma, store, triage, clock, kv=runtime.kv)
+    return Soc(
+        runtime=runtime,
+        store=store,
+        spool=spool,
+        ingest=ingest,
+        detector=detector,
+        alerts=alerts,
+        incidents=incidents,
+        responses=responses,
+        drills=drills,
+        triage=triage,
+        sigma=sigma,
+        sigma_errors=errors,
+        scheduler=scheduler,
+    )
