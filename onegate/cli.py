@@ -37,6 +37,7 @@ from onegate.cli_common import (
 )
 from onegate.cli_policy import policy_app
 from onegate.cli_routes import gateway_app
+from onegate.cli_soc import soc_app
 from onegate.cli_users import app as users_app
 from onegate.command import SERVER_COMMANDS
 from onegate.runtime import Runtime, open_vault
@@ -60,6 +61,7 @@ app.add_typer(clients_app, name="client")
 app.add_typer(policy_app, name="policy")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(admin_app, name="admin")
+app.add_typer(soc_app, name="soc")
 
 
 def version_callback(value: bool) -> None:

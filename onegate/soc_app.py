@@ -50,7 +50,9 @@ def open_event_store(settings: Settings) -> EventStore:
     if soc.store == "sqlite":
         from soc.stores.sqlite import SqliteEventStore
 
-        return SqliteEventStore(settings.data_dir / "soc" / "events.db")
+        folder = Path(settings.data_dir) / "soc"
+        folder.mkdir(parents=True, exist_ok=True)
+        return SqliteEventStore(folder / "events.db")
     if not soc.store_url:
         raise ValueError(f"soc.store is {soc.store}: set soc.store_url")
     if soc.store == "opensearch":

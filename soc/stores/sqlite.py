@@ -895,6 +895,9 @@ def _native_search(
         partitions = _partitions(conn)
         days = [d for d in sorted(partitions) if _day_span(d)[1] > low and _day_span(d)[0] < high]
         conn.execute("PRAGMA case_sensitive_like = ON")
+        # json_each's first use on a connection reads the schema to declare itself, which the
+        # strict authorizer below would refuse: make that first use here, before it is set.
+        conn.execute("SELECT 1 FROM json_each('[]')").fetchall()
         try:
             for day in days:
                 source, paths = _native_from(day, fields)
