@@ -36,7 +36,7 @@ from soc.response.services import ResponseService
 from soc.spool import Spool
 from soc.triage import Triage
 
-__all__ = ["Soc", "build_soc", "open_event_store"]
+__all__ = ["Soc", "SocCollector", "build_soc", "open_event_store"]
 
 _log = get_logger("onegate.soc")
 TAGGER_REFRESH_SECONDS = 30.0
@@ -138,6 +138,56 @@ class Soc:
                 _log.warning(
                     "soc background task failed", task=getattr(work, "__name__", "?"), error=str(e)[:300]
                 )
+
+
+class SocCollector:
+    """The SOC's figures for ``/metrics``, read when Prometheus scrapes: the spool's backlog and
+    fill (the "spool filling" alert fires on ``onegate_soc_spool_fill_ratio``), what ingest
+    wrote, refused and failed on, whether the store is down, and the signals raised."""
+
+    def __init__(self, soc: Soc) -> None:
+        self._soc = soc
+
+    def describe(self) -> list[Any]:
+        return []  # collected on scrape only (values change between scrapes)
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        soc = self._soc
+        spool, ingest = soc.spool, soc.ingest
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"onegate_soc_{name}", text, value=value)
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"onegate_soc_{name}", text, value=value)
+
+        yield gauge(
+            "spool_backlog_documents", "Documents spooled and not yet in the store.", spool.backlog_documents
+        )
+        yield gauge("spool_backlog_bytes", "Bytes of the spool's backlog.", spool.backlog_bytes)
+        yield gauge("spool_fill_ratio", "Share of soc.spool_max_bytes in use (0-1).", spool.fill_ratio)
+        yield gauge(
+            "store_up",
+            "1 while the event store takes writes, 0 while it is down.",
+            0 if ingest.store_down_since else 1,
+        )
+        yield counter("ingest_written", "Documents written to the event store.", ingest.written)
+        yield counter("ingest_duplicates", "Documents the store already had (replays).", ingest.duplicates)
+        yield counter("ingest_refused", "Documents the store refused (set aside).", ingest.refused)
+        yield counter(
+            "store_failures", "Writes that failed because the store was unavailable.", ingest.store_failures
+        )
+        yield counter(
+            "detection_failures",
+            "Batches whose detections had to wait (KV or alert store down).",
+            ingest.detection_failures,
+        )
+        yield counter(
+            "detection_rule_errors", "A rule's failures on a document (logged, skipped).", soc.detector.errors
+        )
+        yield counter("signals", "Signals raised by the streaming detections.", soc.detector.signals)
 
 
 def build_soc(runtime: Runtime, *, clock: Callable[[], float] = time.time) -> Soc:

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from core.eventstore import Query
 from core.settings import load_settings
 from gateway.risk import RiskScores
 from idp.events import auth_event
 from onegate.runtime import Runtime, open_runtime
-from onegate.soc_app import Soc, build_soc
+from onegate.soc_app import Soc, SocCollector, build_soc
 from tests.conftest import _run
 
 
@@ -87,6 +88,13 @@ async def test_events_of_this_process_become_alerts_incidents_and_stored_events(
     stored = await soc.store.count(Query(text="event.action:user-login"))
     assert stored == 5
     assert "onegate.first-seen-device" not in {rule.id for rule in soc.detector.rules}
+
+    registry = CollectorRegistry()
+    registry.register(SocCollector(soc))
+    text = generate_latest(registry).decode()
+    assert "onegate_soc_signals_total 1.0" in text  # the fifth failure completed the brute force
+    assert "onegate_soc_ingest_written_total" in text and "onegate_soc_store_up 1.0" in text
+    assert "onegate_soc_spool_backlog_documents 0.0" in text
 
 
 def test_unknown_rules_in_settings_are_refused(tmp_path: Path) -> None:
