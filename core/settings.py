@@ -324,6 +324,28 @@ class SocSettings(_Section):
         le=30 * 86400,
         description="Alerts sharing an entity within this many seconds join one incident.",
     )
+    transport: Literal["bus", "redis"] = Field(
+        "bus",
+        description="How events reach the SOC: `bus` (in the process: `serve --role all`) or `redis` "
+        "(every process publishes to a Redis stream on kv.url; SOC processes read it in a consumer group).",
+    )
+    consumer: str | None = Field(
+        None,
+        max_length=200,
+        description="This SOC process's name in the consumer group (default: the host name).",
+    )
+    ingest_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="HTTP bulk ingest: source name -> its key (at least 16 characters; keep it in the environment).",
+    )
+    syslog_port: int | None = Field(
+        None, ge=1, le=65535, description="Syslog (RFC 5424 over TCP) port. Unset: off."
+    )
+    syslog_host: str = Field("127.0.0.1", description="Address the syslog receiver binds to.")
+    syslog_allowed: list[str] = Field(
+        default_factory=list,
+        description="Networks allowed to send syslog (empty: any that reaches the port).",
+    )
 
 
 class LogSettings(_Section):

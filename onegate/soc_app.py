@@ -81,13 +81,32 @@ class Soc:
     sigma: list[Any] = field(default_factory=list)
     sigma_errors: list[Any] = field(default_factory=list)
     scheduler: Any = None
+    stream: Any = None  # soc.sources.streams.StreamSource with soc.transport redis
+    syslog: Any = None  # soc.sources.syslog.SyslogServer with soc.syslog_port
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def bulk_app(self) -> Any:
+        """The HTTP bulk ingest endpoint (NDJSON, a key per source: soc.ingest_keys)."""
+        from core.net import TrustedProxies
+        from soc.sources.http_bulk import BulkIngest, SourceKeys
+
+        settings = self.runtime.settings
+        return BulkIngest(
+            self.ingest,
+            authenticate=SourceKeys(settings.soc.ingest_keys),
+            events=self.runtime.bus,
+            trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
+        )
+
     async def start(self) -> None:
-        """Open the spool, take this process's events and start the background tasks."""
+        """Open the spool, take this process's events (or the stream's) and start the background
+        tasks and receivers."""
         await self.spool.open()
-        self.runtime.bus.subscribe_batch("soc-ingest", self.ingest.handle_batch)
+        if self.stream is None:
+            self.runtime.bus.subscribe_batch("soc-ingest", self.ingest.handle_batch)
         await self.refresh_drills()
+        if self.syslog is not None:
+            await self.syslog.start()
         self._tasks = [
             asyncio.create_task(self.ingest.run(), name="soc:ingest"),
             asyncio.create_task(self._every(TAGGER_REFRESH_SECONDS, self.refresh_drills), name="soc:drills"),
@@ -95,6 +114,8 @@ class Soc:
                 self._every(RETENTION_EVERY_SECONDS, self.apply_retention), name="soc:retention"
             ),
         ]
+        if self.stream is not None:
+            self._tasks.append(asyncio.create_task(self.stream.run(), name="soc:stream"))
         if self.scheduler is not None and self.scheduler.rules:
             self._tasks.append(
                 asyncio.create_task(self._every(SIGMA_TICK_SECONDS, self._run_sigma), name="soc:sigma")
@@ -103,6 +124,8 @@ class Soc:
     async def close(self) -> None:
         """Stop the tasks, after the ingest writer has written what the spool holds (briefly)."""
         await self.runtime.bus.drain()  # the events emitted so far are spooled
+        if self.syslog is not None:
+            await self.syslog.close()
         await self.ingest.drain(5.0)
         for task in self._tasks:
             task.cancel()
@@ -110,6 +133,8 @@ class Soc:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.stream is not None:
+            await self.stream.close()
         await self.spool.close()
         await self.store.close()
 
@@ -234,6 +259,32 @@ def build_soc(runtime: Runtime, *, clock: Callable[[], float] = time.time) -> So
         for error in errors:
             _log.error("sigma rule not loaded", error=str(error)[:500])
         scheduler = ScheduledRunner(sigma, store, triage, clock, kv=runtime.kv)
+    stream = None
+    if soc.transport == "redis":
+        if settings.kv.backend != "redis":
+            raise ValueError("soc.transport redis needs kv.backend redis (the stream lives there)")
+        import socket
+
+        from soc.sources.streams import StreamSource
+
+        stream = StreamSource(
+            settings.kv.url,
+            ingest,
+            prefix=settings.kv.prefix,
+            consumer=soc.consumer or socket.gethostname(),
+            events=events,
+        )
+    syslog = None
+    if soc.syslog_port is not None:
+        from soc.sources.syslog import SyslogServer
+
+        syslog = SyslogServer(
+            ingest,
+            host=soc.syslog_host,
+            port=soc.syslog_port,
+            allowed=soc.syslog_allowed or None,
+            events=events,
+        )
     return Soc(
         runtime=runtime,
         store=store,
@@ -248,4 +299,6 @@ def build_soc(runtime: Runtime, *, clock: Callable[[], float] = time.time) -> So
         sigma=sigma,
         sigma_errors=errors,
         scheduler=scheduler,
+        stream=stream,
+        syslog=syslog,
     )
