@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.web import N_, create_web_app
@@ -26,7 +26,10 @@ from onegate.hosts import HostRouter
 from onegate.idp_app import build_idp_app, default_issuer
 from onegate.runtime import Runtime
 
-__all__ = ["ROLES", "build_app"]
+if TYPE_CHECKING:
+    from onegate.soc_app import Soc
+
+__all__ = ["ROLES", "build_app", "soc_role_app"]
 
 ROLES = ("idp", "gateway", "soc", "all")
 HERE = Path(__file__).resolve().parent
@@ -49,18 +52,33 @@ def _home(role: str) -> Any:
     return home
 
 
-def role_app(runtime: Runtime, role: str) -> Starlette:
+def role_app(runtime: Runtime, role: str, *, apis: Mapping[str, ASGIApp] | None = None) -> Starlette:
+    """The role's portal app; ``apis``: prefix -> a JSON API mounted there (bearer keys, so exempt
+    from CSRF checks; errors always JSON)."""
     settings = runtime.settings
+    mounted = dict(apis or {})
     return create_web_app(
         name=role,
-        routes=[Route("/", _home(role), methods=["GET"])],
+        routes=[
+            Route("/", _home(role), methods=["GET"]),
+            *(Mount(prefix, app=api) for prefix, api in mounted.items()),
+        ],
         csrf_secret=runtime.vault.secrets.get_or_create(CSRF_KEY_NAME),
         readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
         template_dirs=[HERE / "templates"],
         locale_dirs=[HERE / "locale"],
         default_locale=settings.web.default_locale,
         https=settings.server.https,
+        csrf_exempt_prefixes=tuple(prefix + "/" for prefix in mounted),
+        json_path_prefixes=tuple(prefix + "/" for prefix in mounted),
     )
+
+
+def soc_role_app(runtime: Runtime, soc: Soc) -> Starlette:
+    """The SOC role's app: its portal page and the SOC API (``/api/soc/v1``) on ``soc``."""
+    from onegate.admin.soc_api import PREFIX, build_soc_api  # soc modules: SOC processes only
+
+    return role_app(runtime, "soc", apis={PREFIX: build_soc_api(soc)})
 
 
 class _Lifespan:
@@ -103,7 +121,8 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
 
     The gateway serves the hosts of ``gateway.routes`` and of the routes added at run time (and
     ``/.onegate/`` everywhere); requests for ``localhost`` or an address go to the role's portal
-    page and health endpoints. The IdP role app carries the admin API (``/api/admin/v1``).
+    page and health endpoints. The IdP role app carries the admin API (``/api/admin/v1``), the SOC
+    role app the SOC API (``/api/soc/v1``).
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
@@ -116,7 +135,7 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
 
         soc = build_soc(runtime)
         return HostRouter(
-            {}, default=role_app(runtime, role), lifespan=_Lifespan(runtime, [soc.close], [soc.start])
+            {}, default=soc_role_app(runtime, soc), lifespan=_Lifespan(runtime, [soc.close], [soc.start])
         )
     gateway = build_gateway_app(runtime, issuer=issuer, port=port, fallback=role_app(runtime, "gateway"))
     if role == "gateway":
@@ -128,7 +147,7 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
 
     soc = build_soc(runtime)
     return HostRouter(
-        {"idp": idp.app, "soc": role_app(runtime, "soc")},
+        {"idp": idp.app, "soc": soc_role_app(runtime, soc)},
         default=gateway.app,
         # The SOC starts first and stops last: it takes the others' events until they stop.
         lifespan=_Lifespan(

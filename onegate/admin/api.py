@@ -13,11 +13,14 @@ Errors are JSON, in both languages of the UI::
 
 with 400 (malformed JSON), 401, 404, 405, 409 (conflict), 412 (``If-Match`` revision), 413 (the
 body is larger than ``max_body_bytes``), 415 (not ``application/json``), 422 (a value that does
-not validate) and 503 (the database or the KV store is away); bad input is never a 500. The API is
+not validate) and 503 (the database, the KV store or the event store is away); bad input is never
+a 500. The API is
 authenticated by a header a browser never adds on its own, so CSRF protection exempts it.
 
 Endpoint groups (onegate.admin.gateway_routes, ...) give :class:`Endpoint` lists and their part of
-the OpenAPI document; later admin endpoints join the same way.
+the OpenAPI document; later admin endpoints join the same way. The class knows nothing of its mount
+point: the SOC API (onegate.admin.soc_api, ``/api/soc/v1`` in the SOC role app) is another
+instance, with the same keys and errors and its own endpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from core.events import Category, Event, EventEmitter, Outcome
+from core.eventstore import StoreUnavailable
 from core.kv import KVError
 from core.logging import get_logger
 from core.net import TrustedProxies, client_address
@@ -238,7 +242,7 @@ class AdminApi:
             response = await endpoint.handler(call)
         except ApiError as e:
             response = e.response(request_id)
-        except (SQLAlchemyError, KVError, OSError) as e:
+        except (SQLAlchemyError, KVError, StoreUnavailable, OSError) as e:
             _log.error(
                 "admin API: a dependency is unavailable", error=type(e).__name__, request_id=request_id
             )
