@@ -52,16 +52,25 @@ def _home(role: str) -> Any:
     return home
 
 
-def role_app(runtime: Runtime, role: str, *, apis: Mapping[str, ASGIApp] | None = None) -> Starlette:
-    """The role's portal app; ``apis``: prefix -> a JSON API mounted there (bearer keys, so exempt
-    from CSRF checks; errors always JSON)."""
+def role_app(
+    runtime: Runtime,
+    role: str,
+    *,
+    apis: Mapping[str, ASGIApp] | None = None,
+    endpoints: Mapping[str, ASGIApp] | None = None,
+) -> Starlette:
+    """The role's portal app; ``apis``: prefix -> a JSON API mounted there, ``endpoints``: exact
+    path -> a JSON endpoint (both authenticated by bearer keys, so exempt from CSRF checks; errors
+    always JSON)."""
     settings = runtime.settings
     mounted = dict(apis or {})
+    single = dict(endpoints or {})
     return create_web_app(
         name=role,
         routes=[
             Route("/", _home(role), methods=["GET"]),
             *(Mount(prefix, app=api) for prefix, api in mounted.items()),
+            *(Route(path, endpoint=app) for path, app in single.items()),
         ],
         csrf_secret=runtime.vault.secrets.get_or_create(CSRF_KEY_NAME),
         readiness_checks={"database": runtime.check_database, "kv": runtime.check_kv},
@@ -70,15 +79,41 @@ def role_app(runtime: Runtime, role: str, *, apis: Mapping[str, ASGIApp] | None 
         default_locale=settings.web.default_locale,
         https=settings.server.https,
         csrf_exempt_prefixes=tuple(prefix + "/" for prefix in mounted),
-        json_path_prefixes=tuple(prefix + "/" for prefix in mounted),
+        csrf_exempt_paths=tuple(single),
+        json_path_prefixes=(*(prefix + "/" for prefix in mounted), *single),
     )
 
 
 def soc_role_app(runtime: Runtime, soc: Soc) -> Starlette:
-    """The SOC role's app: its portal page and the SOC API (``/api/soc/v1``) on ``soc``."""
+    """The SOC role's app: its portal page, the SOC API (``/api/soc/v1``), the HTTP bulk ingest
+    endpoint (``/ingest/v1/bulk``) and the SOC's figures on ``/metrics``."""
     from onegate.admin.soc_api import PREFIX, build_soc_api  # soc modules: SOC processes only
+    from onegate.soc_app import SocCollector
 
-    return role_app(runtime, "soc", apis={PREFIX: build_soc_api(soc)})
+    app = role_app(runtime, "soc", apis={PREFIX: build_soc_api(soc)}, endpoints={BULK_PATH: soc.bulk_app()})
+    app.state.metrics_registry.register(SocCollector(soc))
+    return app
+
+
+BULK_PATH = "/ingest/v1/bulk"
+
+
+def _event_stream(
+    runtime: Runtime,
+) -> tuple[list[Callable[[], Awaitable[None]]], list[Callable[[], Awaitable[None]]]]:
+    """With ``soc.transport: redis``, a gateway or IdP process publishes its events to the Redis
+    stream the SOC processes read (starters, closers for the lifespan); otherwise nothing."""
+    settings = runtime.settings
+    if settings.soc.transport != "redis":
+        return [], []
+    from core.eventstream import StreamPublisher
+
+    publisher = StreamPublisher(settings.kv.url, prefix=settings.kv.prefix)
+
+    async def start() -> None:
+        runtime.bus.subscribe_batch("soc-stream", publisher.publish)
+
+    return [start], [publisher.close]
 
 
 class _Lifespan:
@@ -127,20 +162,27 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     issuer = runtime.settings.idp.issuer or default_issuer(port)
+    publish, unpublish = _event_stream(runtime)
     if role == "idp":
         idp = build_idp_app(runtime, issuer=issuer)
-        return HostRouter({}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close], [idp.start]))
+        return HostRouter(
+            {}, default=idp.app, lifespan=_Lifespan(runtime, [idp.close, *unpublish], [*publish, idp.start])
+        )
     if role == "soc":
         from onegate.soc_app import build_soc  # not loaded by a gateway or IdP process
 
         soc = build_soc(runtime)
         return HostRouter(
-            {}, default=soc_role_app(runtime, soc), lifespan=_Lifespan(runtime, [soc.close], [soc.start])
+            {},
+            default=soc_role_app(runtime, soc),
+            lifespan=_Lifespan(runtime, [soc.close, *unpublish], [*publish, soc.start]),
         )
     gateway = build_gateway_app(runtime, issuer=issuer, port=port, fallback=role_app(runtime, "gateway"))
     if role == "gateway":
         return HostRouter(
-            {}, default=gateway.app, lifespan=_Lifespan(runtime, [gateway.close], [gateway.start])
+            {},
+            default=gateway.app,
+            lifespan=_Lifespan(runtime, [gateway.close, *unpublish], [*publish, gateway.start]),
         )
     idp = build_idp_app(runtime, issuer=issuer)
     from onegate.soc_app import build_soc
@@ -151,6 +193,8 @@ def build_app(runtime: Runtime, role: str, *, port: int) -> ASGIApp:
         default=gateway.app,
         # The SOC starts first and stops last: it takes the others' events until they stop.
         lifespan=_Lifespan(
-            runtime, [gateway.close, idp.close, soc.close], [soc.start, idp.start, gateway.start]
+            runtime,
+            [gateway.close, idp.close, soc.close, *unpublish],
+            [*publish, soc.start, idp.start, gateway.start],
         ),
     )
