@@ -73,7 +73,9 @@ async def test_events_of_this_process_become_alerts_incidents_and_stored_events(
         )
 
     async def alerted() -> bool:
-        return (await soc.alerts.list()).total == 1
+        # Triage raises the alert, then links its incident and runs the automatic response.
+        page = await soc.alerts.list()
+        return page.total == 1 and bool(await soc.responses.history(alert_id=page.alerts[0].id))
 
     await _until(alerted)
     [alert] = (await soc.alerts.list()).alerts
