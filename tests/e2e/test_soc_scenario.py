@@ -123,7 +123,9 @@ def test_a_scripted_attack_becomes_one_incident_and_revoking_sessions_stops_the_
     deadline = time.monotonic() + 30
     while True:
         alerts = api.get("/alerts", limit=100)["alerts"]
-        if {a["rule"]["id"] for a in alerts} >= EXPECTED or time.monotonic() > deadline:
+        # Raised and linked (triage stores the alert, then its incident).
+        linked = {a["rule"]["id"] for a in alerts if a["incident_id"] is not None}
+        if linked >= EXPECTED or time.monotonic() > deadline:
             break
         time.sleep(0.25)
     raised = {a["rule"]["id"]: a for a in alerts}
