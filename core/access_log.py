@@ -1,9 +1,10 @@
 """Recorded access events, read back for replay (``onegate policy simulate``).
 
 The gateway emits one ECS event per request it decides (``event.category`` ``web``, with an
-``onegate.app``); the SOC stores them. Whatever holds them - an NDJSON export here, the SOC's
-event store later - offers them through :class:`AccessEventSource`, so the policy package can
-replay traffic without importing the SOC (``core`` imports neither).
+``onegate.app``); the SOC stores them. Whatever holds them - an NDJSON export
+(:class:`NdjsonAccessLog`) or the SOC's event store itself (:class:`StoreAccessLog`, through the
+store protocol of :mod:`core.eventstore`) - offers them through :class:`AccessEventSource`, so the
+policy package can replay traffic without importing the SOC (``core`` imports neither).
 
 The fields replay reads (:data:`ACCESS_FIELDS`, the gateway's contract):
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from core.events import Category, Event, EventError
+from core.eventstore import EventStore, Query
 
 __all__ = [
     "ACCESS_FIELDS",
@@ -45,6 +47,7 @@ __all__ = [
     "BadLine",
     "CountableSource",
     "NdjsonAccessLog",
+    "StoreAccessLog",
     "count_events",
     "is_access_event",
 ]
@@ -235,3 +238,58 @@ class NdjsonAccessLog:
 
     async def count(self, since: datetime, until: datetime | None = None) -> int | None:
         return len(self._index(since, until).entries)
+
+
+# What makes a stored document an access event: a web event naming the application.
+_ACCESS_QUERY = "onegate.app:*"
+_ACCESS_FILTERS = {"event.category": ["web"]}
+
+
+class StoreAccessLog:
+    """Access events from an event store (the SOC's SQLite, OpenSearch or Elasticsearch store),
+    oldest first, read a page at a time. A stored document that is not a valid event is listed in
+    :attr:`problems` (``line``: its position in the window, from 1) and skipped."""
+
+    def __init__(self, store: EventStore, *, name: str = "the event store", page: int = 1000) -> None:
+        self.store = store
+        self.path = name  # what messages call the source
+        self.page = page
+        self.problems: list[BadLine] = []
+        self.other_events = 0
+
+    async def access_events(self, since: datetime, until: datetime | None = None) -> AsyncIterator[Event]:
+        _aware("since", since)
+        _aware("until", until)
+        self.problems, self.other_events = [], 0
+        after: tuple[str, str] | None = None
+        position = 0
+        while True:
+            query = Query(
+                text=_ACCESS_QUERY,
+                start=since,
+                end=until,
+                filters=_ACCESS_FILTERS,
+                size=self.page,
+                ascending=True,
+                after=after,
+            )
+            found = await self.store.search(query)
+            for hit in found.hits:
+                position += 1
+                try:
+                    event = Event.from_ecs(hit)
+                except EventError as e:
+                    self.problems.append(BadLine(position, str(e)))
+                    continue
+                if not is_access_event(event):
+                    self.other_events += 1
+                    continue
+                yield event
+            if len(found.hits) < self.page:
+                return
+            after = found.cursor
+
+    async def count(self, since: datetime, until: datetime | None = None) -> int | None:
+        return await self.store.count(
+            Query(text=_ACCESS_QUERY, start=since, end=until, filters=_ACCESS_FILTERS)
+        )

@@ -27,6 +27,7 @@ from onegate.cli_common import (
     Json,
     emit_json,
     fail,
+    settings_from,
     table,
     with_runtime,
 )
@@ -45,7 +46,7 @@ from policy.normalize import PathRejected
 from policy.rules import BundleError, load_bundle, parse_duration
 
 if TYPE_CHECKING:
-    from core.access_log import NdjsonAccessLog
+    from core.access_log import NdjsonAccessLog, StoreAccessLog
     from onegate.runtime import Runtime
     from policy.simulate import SimulationReport
 
@@ -421,7 +422,7 @@ def _replay(
     *,
     baseline: PolicyEngine,
     proposed: PolicyEngine,
-    source: NdjsonAccessLog,
+    source: NdjsonAccessLog | StoreAccessLog,
     since: datetime,
     until: datetime | None,
     show_progress: bool,
@@ -441,7 +442,9 @@ def _replay(
     return asyncio.run(run())
 
 
-def _simulation_text(report: SimulationReport, source: NdjsonAccessLog, timezone: str, limit: int) -> None:
+def _simulation_text(
+    report: SimulationReport, source: NdjsonAccessLog | StoreAccessLog, timezone: str, limit: int
+) -> None:
     from policy.simulate import ANONYMOUS
 
     zone = zoneinfo.ZoneInfo(timezone)
@@ -515,7 +518,12 @@ def _simulation_text(report: SimulationReport, source: NdjsonAccessLog, timezone
 def simulate_command(
     path: BundlePath,
     *,
-    events: Annotated[Path, typer.Option("--events", help="Recorded access events (ECS NDJSON).")],
+    events: Annotated[
+        Path | None, typer.Option("--events", help="Recorded access events (ECS NDJSON).", show_default=False)
+    ] = None,
+    from_store: Annotated[
+        bool, typer.Option("--from-store", help="Replay the SOC's event store (soc.store) instead of a file.")
+    ] = False,
     since: Annotated[str, typer.Option("--since", help="7d, 24h, 30m or an ISO 8601 time.")] = "7d",
     until: Annotated[
         str | None, typer.Option("--until", help="7d, 24h, 30m (ago) or an ISO 8601 time; default: now.")
@@ -532,10 +540,13 @@ def simulate_command(
     as_json: Json = False,
 ) -> None:
     """Replay recorded traffic against a proposed bundle: who would gain or lose access to what."""
-    from core.access_log import NdjsonAccessLog
+    from core.access_log import NdjsonAccessLog, StoreAccessLog
+    from core.eventstore import StoreUnavailable
 
     proposed = PolicyEngine(load_or_exit(path))
-    if not events.is_file():
+    if (events is None) == (not from_store):
+        raise fail("give --events FILE or --from-store (one of them) / 请指定 --events 文件或 --from-store")
+    if events is not None and not events.is_file():
         raise fail(f"--events: no such file: {events} / 事件文件不存在")
     before = (
         PolicyEngine(load_or_exit(baseline)) if baseline is not None else _active_baseline(data_dir, config)
@@ -546,7 +557,16 @@ def simulate_command(
     end = _when("--until", until, zone, now) if until is not None else None
     if end is not None and end <= start:
         raise fail("--until must be later than --since / --until 须晚于 --since")
-    source = NdjsonAccessLog(events)
+    source: NdjsonAccessLog | StoreAccessLog
+    if events is not None:
+        source = NdjsonAccessLog(events)
+    else:
+        from onegate.soc_app import open_event_store
+
+        settings = settings_from(data_dir, config)
+        source = StoreAccessLog(
+            open_event_store(settings), name=f"the SOC event store ({settings.soc.store})"
+        )
     show_progress = sys.stderr.isatty() and not as_json
     try:
         report = _replay(
@@ -557,8 +577,8 @@ def simulate_command(
             until=end,
             show_progress=show_progress,
         )
-    except OSError as e:
-        raise fail(f"cannot read {events}: {e} / 无法读取") from None
+    except (OSError, StoreUnavailable) as e:
+        raise fail(f"cannot read {source.path}: {e} / 无法读取") from None
     if as_json:
         emit_json(
             report.as_dict()
