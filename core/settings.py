@@ -336,7 +336,8 @@ class SocSettings(_Section):
     )
     ingest_keys: dict[str, str] = Field(
         default_factory=dict,
-        description="HTTP bulk ingest: source name -> its key (at least 16 characters; keep it in the environment).",
+        description="HTTP bulk ingest: source name -> its key (at least 16 characters; set it from the "
+        "environment).",
     )
     syslog_port: int | None = Field(
         None, ge=1, le=65535, description="Syslog (RFC 5424 over TCP) port. Unset: off."

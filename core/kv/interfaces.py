@@ -104,6 +104,11 @@ class KV(Protocol):
         """
         ...
 
+    async def window_members(self, key: str, *, at: float, span: float, limit: int = 100) -> list[str]:
+        """The members of the sliding window ``key`` within ``[at - span, at]``, most recent last,
+        at most ``limit`` of them (the most recent): what a detection lists as its evidence."""
+        ...
+
     async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
         """The sum of the amounts added over ``[at - span, at]`` (event time), ``amount`` included.
 

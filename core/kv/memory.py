@@ -158,6 +158,14 @@ class MemoryKV:
             del members[old]
         return WindowCount(len(members), new)
 
+    async def window_members(self, key: str, *, at: float, span: float, limit: int = 100) -> list[str]:
+        held = self._windows.get(key)
+        if held is None or held[1] <= self._clock() or limit < 1:
+            return []
+        start = at - span
+        inside = sorted((seen, member) for member, seen in held[0].items() if start <= seen <= at)
+        return [member for _, member in inside[-limit:]]
+
     async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
         if span <= 0:
             raise ValueError("span must be positive")

@@ -207,6 +207,16 @@ class RedisKV:
         count, new = await self._call(self._window_add(keys=[self._k(key)], args=args))
         return WindowCount(int(count), bool(new))
 
+    async def window_members(self, key: str, *, at: float, span: float, limit: int = 100) -> list[str]:
+        if limit < 1:
+            return []
+        newest = await self._call(
+            self._client.zrevrangebyscore(
+                self._k(key), repr(float(at)), repr(float(at - span)), start=0, num=limit
+            )
+        )
+        return [member.decode() for member in reversed(newest)]
+
     async def window_sum(self, key: str, amount: int, *, at: float, span: float) -> int:
         width = span / WINDOW_BUCKETS
         args = [int(amount), int(at // width), int((at - span) // width), _ms(span) or 1]

@@ -186,6 +186,18 @@ async def test_window_keeps_the_later_time_of_a_member(kv: KV) -> None:
     assert (await kv.window_add("w", None, at=t + 100, span=60)).count == 1
 
 
+async def test_window_members_are_the_evidence_most_recent_last(kv: KV) -> None:
+    t = 1_800_000_000.0
+    for n in range(5):
+        await kv.window_add("w", f"event-{n}", at=t + n, span=60)
+    assert await kv.window_members("w", at=t + 4, span=60) == [f"event-{n}" for n in range(5)]
+    assert await kv.window_members("w", at=t + 4, span=60, limit=2) == ["event-3", "event-4"]
+    assert await kv.window_members("w", at=t + 62.5, span=60) == ["event-3", "event-4"]
+    assert await kv.window_members("w", at=t + 2, span=1) == ["event-1", "event-2"]
+    assert await kv.window_members("none", at=t, span=60) == []
+    assert await kv.window_members("w", at=t + 4, span=60, limit=0) == []
+
+
 async def test_window_count_alone_creates_nothing(kv: KV) -> None:
     assert await kv.window_add("empty", None, at=1_800_000_000.0, span=60) == WindowCount(0, False)
     assert await kv.ttl("empty") is None
