@@ -4,7 +4,9 @@ Every source (the in-process bus, the HTTP bulk endpoint, syslog) hands document
 :meth:`Ingest.accept`, which checks and normalises them (flat ECS, ``@timestamp`` in UTC,
 an ``event.id``), appends them to the durable spool and returns once they are on disk: that
 return is the acknowledgement a source gets. A writer task (:meth:`Ingest.run`) takes the oldest
-spooled documents in batches, writes them to the store and only then marks them consumed, so:
+spooled documents in batches, writes them to the store and only then marks them consumed (while
+one batch is written the next is read, run through the detections and prepared for the store;
+it is written only after the one before is stored), so:
 
 * a store that is down or slow only makes the spool grow (bounded: :class:`~soc.spool.SpoolFull`
   refuses new documents rather than losing old ones; the ``spool-filling`` event warns first);
@@ -25,6 +27,7 @@ Fields whose names say they hold a secret (``password``, ``token`` ...) are repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -33,12 +36,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.events import Category, Event, EventEmitter, Outcome
-from core.eventstore import EventStore, StoreUnavailable
+from core.eventstore import EventStore, StoreUnavailable, WriteResult
 from core.logging import get_logger
-from soc.spool import Position, Spool, SpoolCorrupt
+from soc.spool import Batch, Spool, SpoolCorrupt
 
 if TYPE_CHECKING:
     from soc.detections.engine import Detector
@@ -55,6 +58,23 @@ REDACTED = "[redacted]"
 # Field names seen valid (and whether they name a secret), so each name is checked once.
 _KNOWN_NAMES: dict[str, bool] = {}
 _MAX_KNOWN_NAMES = 20_000
+
+
+@runtime_checkable
+class _WritesSpooled(Protocol):
+    """A store that keeps the spool's JSON text of a document instead of encoding it again and
+    whose write splits in two, so the writer prepares the next batch while the store writes the
+    one before (:meth:`soc.stores.sqlite.SqliteEventStore.prepare_spooled`)."""
+
+    def prepare_spooled(self, documents: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> Any: ...
+
+    async def write_prepared(self, prepared: Any) -> WriteResult: ...
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark the outcome of a commit seen once nobody waits for it (the writer was stopped)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class DocumentRefused(ValueError):
@@ -83,25 +103,9 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | bool)
 
 
-def _timestamp(value: Any, index: int) -> str:
-    if not isinstance(value, str):
-        raise DocumentRefused(index, "@timestamp must be an RFC 3339 string")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise DocumentRefused(index, f"@timestamp {value[:40]!r} is not RFC 3339") from None
-    if moment.tzinfo is None:
-        raise DocumentRefused(index, "@timestamp needs a time zone (Z or an offset)")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def normalise(
-    document: Mapping[str, Any], index: int = 0, *, received: datetime | None = None
-) -> dict[str, Any]:
-    """``document`` (flat or nested ECS) as the stores keep it, or :class:`DocumentRefused`.
-
-    ``@timestamp`` is required unless ``received`` (the moment of receipt) stands in for it;
-    ``event.id`` is derived from the content when missing; secret-named fields are redacted."""
+def _checked(document: Any, index: int) -> tuple[dict[str, Any], int]:
+    """Any document: flattened, names and values checked, secrets redacted; with an upper bound
+    of its JSON size."""
     if not isinstance(document, Mapping):
         raise DocumentRefused(index, "a document is a JSON object")
     flat: dict[str, Any] = {}
@@ -131,6 +135,73 @@ def normalise(
             bound += 32
         if secret:
             flat[name] = REDACTED
+    return flat, bound
+
+
+def _plain(document: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+    """The common case of :func:`_checked`, faster: a flat dict whose field names were all seen
+    before and name no secret, holding strings, numbers, booleans, None and lists of those. None
+    for anything else (a nested object, a new name, a secret): :func:`_checked` decides then."""
+    if len(document) > MAX_FIELDS:
+        return None
+    known = _KNOWN_NAMES
+    flat: dict[str, Any] = {}
+    bound = 0
+    for name, value in document.items():
+        if known.get(name) is not False:  # a new name, a secret one, or not a string
+            return None
+        kind = type(value)
+        if kind is str:
+            bound += len(name) + 8 + 6 * len(value)
+        elif kind is int or kind is bool or value is None or (kind is float and math.isfinite(value)):
+            bound += len(name) + 40
+        elif kind is list or kind is tuple:
+            for item in value:
+                if type(item) is str:
+                    bound += 6 * len(item) + 2
+                elif _scalar(item):
+                    bound += 32
+                else:
+                    return None
+            bound += len(name) + 8
+            flat[name] = list(value)
+            continue
+        else:
+            return None
+        flat[name] = value
+    return flat, bound
+
+
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
+def _timestamp(value: Any, index: int) -> str:
+    if type(value) is str and len(value) == 27 and _CANONICAL_TIME.fullmatch(value):
+        # Already as stored (UTC, microseconds, Z): only check that the moment exists.
+        with contextlib.suppress(ValueError):
+            datetime.fromisoformat(value[:26])
+            return value
+    if not isinstance(value, str):
+        raise DocumentRefused(index, "@timestamp must be an RFC 3339 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise DocumentRefused(index, f"@timestamp {value[:40]!r} is not RFC 3339") from None
+    if moment.tzinfo is None:
+        raise DocumentRefused(index, "@timestamp needs a time zone (Z or an offset)")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def normalise(
+    document: Mapping[str, Any], index: int = 0, *, received: datetime | None = None
+) -> dict[str, Any]:
+    """``document`` (flat or nested ECS) as the stores keep it, or :class:`DocumentRefused`.
+
+    ``@timestamp`` is required unless ``received`` (the moment of receipt) stands in for it;
+    ``event.id`` is derived from the content when missing; secret-named fields are redacted.
+    The result is a new dict (lists copied too): later changes by the caller do not reach it."""
+    plain = _plain(document) if type(document) is dict else None
+    flat, bound = _checked(document, index) if plain is None else plain
     if "@timestamp" not in flat:
         if received is None:
             raise DocumentRefused(index, "@timestamp is missing")
@@ -166,12 +237,14 @@ class Ingest:
     ) -> None:
         self._spool = spool
         self._store = store
+        self._spooled_store = store if isinstance(store, _WritesSpooled) else None
         self._events = events
         self._detector = detector
         self.tag = tag  # which drill a document belongs to (replaced as drills start and end)
-        # The spool offset of the batch being written and how many of its documents the
-        # detector has seen: a batch read again after a failure is not detected twice.
-        self._detected: tuple[Position | None, int] = (None, 0)
+        # How many documents after the committed position the detector has seen: a batch read
+        # again after a failure is not detected twice.
+        self._detected_ahead = 0
+        self._committing: asyncio.Task[None] | None = None  # the last commit started
         self._batch_size = batch_size
         self._max_backoff = max_backoff
         self._clock = clock
@@ -200,7 +273,8 @@ class Ingest:
                 if drill is not None:
                     document["onegate.drill_id"] = drill
         if checked:
-            await self._spool.append(checked)
+            # normalise made these dicts, and nothing here changes them after the append.
+            await self._spool.append(checked, handed_over=True)
             self._watch_fill()
         return len(checked)
 
@@ -216,52 +290,99 @@ class Ingest:
     # -- the writer ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Write spooled documents to the store until cancelled."""
+        """Write spooled documents to the store until cancelled.
+
+        One batch is written while the next is read, goes through the detections and is
+        prepared for the store, so the store's work (much of it outside the interpreter lock,
+        and its fsync) overlaps with ours; the next batch is written only once the one before
+        is stored (its commit runs beside the next write, commits in order), so batches reach
+        the store in order and a failed write is retried from the committed position with
+        nothing after it written."""
         pause = 0.0
         corrupt = False
-        while True:
-            try:
-                batch = await self._spool.read(self._batch_size)
-            except SpoolCorrupt as e:
-                # Nothing behind a damaged record can be written in order: say so once, loudly,
-                # and keep trying (an operator repairs or moves the spool aside).
-                if not corrupt:
-                    _log.error("ingest spool damaged; events wait behind it", error=str(e))
-                    self._emit("spool-corrupt", Outcome.FAILURE, {"error.message": str(e)[:500]})
-                corrupt = True
-                await asyncio.sleep(self._max_backoff)
-                continue
-            corrupt = False
-            if batch is None:
-                await self._spool.wait_for_data(1.0)
-                continue
-            if self._detector is not None and not await self._detect(batch.start, batch.documents):
+        writing: tuple[Batch, asyncio.Task[None]] | None = None
+        try:
+            while True:
+                if writing is None and self._committing is not None:
+                    # A read from the committed position comes after the commit under way.
+                    committing, self._committing = self._committing, None
+                    await committing
+                try:
+                    batch = await self._spool.read(self._batch_size, after=writing[0] if writing else None)
+                except SpoolCorrupt as e:
+                    if writing is not None:  # what was read before the damage is written first
+                        stored, writing = await self._finish(writing), None
+                        if stored:
+                            pause = 0.0
+                            continue
+                    # Nothing behind a damaged record can be written in order: say so once,
+                    # loudly, and keep trying (an operator repairs or moves the spool aside).
+                    if not corrupt:
+                        _log.error("ingest spool damaged; events wait behind it", error=str(e))
+                        self._emit("spool-corrupt", Outcome.FAILURE, {"error.message": str(e)[:500]})
+                    corrupt = True
+                    await asyncio.sleep(self._max_backoff)
+                    continue
+                corrupt = False
+                if batch is None:
+                    if writing is None:
+                        await self._spool.wait_for_data(1.0)
+                        continue
+                    stored, writing = await self._finish(writing), None
+                else:
+                    ahead = len(writing[0].documents) if writing is not None else 0
+                    detected = self._detector is None or await self._detect(batch.documents, ahead)
+                    prepared = self._prepare(batch) if detected else None
+                    stored = True
+                    if writing is not None:
+                        stored, writing = await self._finish(writing), None
+                    if stored and detected:
+                        writing = (batch, asyncio.create_task(self._write(batch.documents, prepared)))
+                        continue
+                    stored = stored and detected
+                if stored:
+                    pause = 0.0
+                    continue
+                # The store or the detections failed: read again from the committed position.
                 pause = min(self._max_backoff, max(0.05, pause * 2))
                 await asyncio.sleep(pause)
-                continue
-            try:
-                await self._write(batch.documents)
-            except StoreUnavailable as e:
-                self.store_failures += 1
-                if self.store_down_since is None:
-                    self.store_down_since = self._clock()
-                    _log.warning("event store unavailable; events wait in the spool", error=str(e))
-                pause = min(self._max_backoff, max(0.05, pause * 2))
-                await asyncio.sleep(pause)
-                continue
-            await self._spool.commit(batch)
-            self._watch_fill()
-            if self.store_down_since is not None:
-                _log.info("event store back", down_seconds=round(self._clock() - self.store_down_since, 1))
-                self.store_down_since = None
-            pause = 0.0
+        finally:
+            if writing is not None and not writing[1].done():
+                writing[1].cancel()  # the write finishes in its thread; uncommitted, it is replayed
+            if self._committing is not None:
+                self._committing.add_done_callback(_retrieve)
 
-    async def _detect(self, start: Position, documents: Sequence[dict[str, Any]]) -> bool:
-        """Streaming detections over the documents of the batch at ``start`` not yet seen; False
-        when the detector could not finish (its KV or the alert store is down): the batch waits,
-        as it would for the event store, and alerts come late rather than never."""
+    async def _finish(self, writing: tuple[Batch, asyncio.Task[None]]) -> bool:
+        """Wait for the store write of a batch and start its commit (it runs beside the next
+        write; commits go in order, and a read from the committed position waits for them);
+        False when the store was unavailable (the batch stays in the spool)."""
+        batch, task = writing
+        try:
+            await task
+        except StoreUnavailable as e:
+            self.store_failures += 1
+            if self.store_down_since is None:
+                self.store_down_since = self._clock()
+                _log.warning("event store unavailable; events wait in the spool", error=str(e))
+            return False
+        if self._committing is not None:
+            committing, self._committing = self._committing, None
+            await committing  # the commit before, in order; a failure of it surfaces here
+        self._committing = asyncio.create_task(self._spool.commit(batch))
+        self._detected_ahead = max(0, self._detected_ahead - len(batch.documents))
+        self._watch_fill()
+        if self.store_down_since is not None:
+            _log.info("event store back", down_seconds=round(self._clock() - self.store_down_since, 1))
+            self.store_down_since = None
+        return True
+
+    async def _detect(self, documents: Sequence[dict[str, Any]], ahead: int) -> bool:
+        """Streaming detections over the documents not yet seen of a batch that starts ``ahead``
+        documents after the committed position; False when the detector could not finish (its KV
+        or the alert store is down): the batch waits, as it would for the event store, and
+        alerts come late rather than never."""
         assert self._detector is not None  # noqa: S101 - checked by the caller
-        seen = self._detected[1] if self._detected[0] == start else 0
+        seen = max(0, self._detected_ahead - ahead)
         if seen >= len(documents):
             return True
         try:
@@ -273,12 +394,26 @@ class Ingest:
                     "detections failed; the batch waits", error=str(e)[:300], failures=self.detection_failures
                 )
             return False
-        self._detected = (start, len(documents))
+        self._detected_ahead = ahead + len(documents)
         return True
 
-    async def _write(self, documents: Sequence[dict[str, Any]]) -> None:
+    def _prepare(self, batch: Batch) -> Any:
+        """The store's work on ``batch`` that can be done ahead (on this thread, while its own
+        thread writes the batch before); None when the store has none or refuses a document
+        (then the batch is written document by document)."""
+        if self._spooled_store is None or len(batch.texts) != len(batch.documents):
+            return None
         try:
-            result = await self._store.write(documents)
+            return self._spooled_store.prepare_spooled(batch.documents, batch.texts)
+        except ValueError:
+            return None
+
+    async def _write(self, documents: Sequence[dict[str, Any]], prepared: Any = None) -> None:
+        try:
+            if self._spooled_store is not None and prepared is not None:
+                result = await self._spooled_store.write_prepared(prepared)
+            else:
+                result = await self._store.write(documents)
         except ValueError:
             # The store refused something our checks let through: write one by one and set
             # the refused ones aside rather than stop everything behind them.

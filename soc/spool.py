@@ -97,7 +97,9 @@ _CHECKPOINT_TMP = "checkpoint.tmp"
 _LOCK = "lock"
 _SUFFIX = ".seg"
 
-_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+# check_circular=False halves the encoding time; a document that holds itself still fails, with
+# RecursionError instead of ValueError (both refuse it, see _encode).
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False)
 
 
 class SpoolError(Exception):
@@ -131,11 +133,14 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Documents read from the spool, oldest first, and where they start and end."""
+    """Documents read from the spool, oldest first, and where they start and end; ``texts`` holds
+    each document as the spool wrote it (compact JSON, ASCII only), so a store that keeps JSON
+    text need not encode it again."""
 
     documents: tuple[dict[str, Any], ...]
     start: Position
     end: Position
+    texts: tuple[str, ...] = ()
 
 
 class _BadFrame(Exception):
@@ -153,21 +158,29 @@ def _segment_number(name: str) -> int | None:
     return int(stem)
 
 
-def _encode(documents: Sequence[Mapping[str, Any]]) -> bytes:
-    """One frame holding ``documents``; a document that is not JSON is refused by its index."""
-    lines: list[str] = []
-    for index, document in enumerate(documents):
-        if not isinstance(document, Mapping):
-            raise TypeError(f"document {index} is a {type(document).__name__}, not a mapping")
-        try:
-            lines.append(_ENCODER.encode(document if type(document) is dict else dict(document)))
-        except (TypeError, ValueError, RecursionError) as e:
-            raise ValueError(f"document {index} cannot be written as JSON: {e}") from e
+def _encode(documents: Sequence[Mapping[str, Any]]) -> tuple[bytes, tuple[str, ...]]:
+    """One frame holding ``documents``, and each document's line of it; a document that is not
+    JSON is refused by its index."""
+    encode = _ENCODER.encode
+    try:
+        # The common case at once: every document a dict that encodes.
+        lines = [encode(document) for document in documents if type(document) is dict]
+    except (TypeError, ValueError, RecursionError):
+        lines = []
+    if len(lines) != len(documents):  # find the culprit, or encode the other mappings
+        lines = []
+        for index, document in enumerate(documents):
+            if not isinstance(document, Mapping):
+                raise TypeError(f"document {index} is a {type(document).__name__}, not a mapping")
+            try:
+                lines.append(encode(document if type(document) is dict else dict(document)))
+            except (TypeError, ValueError, RecursionError) as e:
+                raise ValueError(f"document {index} cannot be written as JSON: {e}") from e
     payload = "\n".join(lines).encode("ascii")
     if len(payload) > _MAX_PAYLOAD:
         raise ValueError(f"the batch is {len(payload)} bytes; a batch is at most {_MAX_PAYLOAD}")
     fields = _FIELDS.pack(_MAGIC, len(payload), len(lines), zlib.crc32(payload))
-    return fields + struct.pack("<I", zlib.crc32(fields)) + payload
+    return fields + struct.pack("<I", zlib.crc32(fields)) + payload, tuple(lines)
 
 
 def _check_frame(data: bytes, at: int) -> tuple[int, int]:
@@ -218,15 +231,18 @@ class _NotHeld(Exception):
     """A frame that is not held in memory: read the disk instead."""
 
 
-_Taken = tuple[Sequence[dict[str, Any]], int, int]  # documents, frame length, frame's document count
+# documents, their JSON lines, frame length, frame's document count
+_Taken = tuple[Sequence[dict[str, Any]], Sequence[str], int, int]
 _Frame = Callable[[int, int, int, int], _Taken]
 
 
 def _walk(start: Position, sizes: list[tuple[int, int]], limit: int, frame: _Frame) -> Batch:
     """Up to ``limit`` documents from ``start`` on, frame after frame across the segments
     ``sizes`` ((number, size), ascending); ``frame(number, offset, skip, want)`` gives a frame's
-    documents ``skip`` .. ``skip + want``, its length in bytes and how many documents it holds."""
+    documents ``skip`` .. ``skip + want`` and their JSON lines, its length in bytes and how many
+    documents it holds."""
     documents: list[dict[str, Any]] = []
+    texts: list[str] = []
     index = 0
     number, offset, skip = start.segment, start.offset, start.skip
     while len(documents) < limit:
@@ -237,12 +253,13 @@ def _walk(start: Position, sizes: list[tuple[int, int]], limit: int, frame: _Fra
             index += 1
             number, offset, skip = sizes[index][0], 0, 0
             continue
-        taken, length, count = frame(number, offset, skip, limit - len(documents))
+        taken, lines, length, count = frame(number, offset, skip, limit - len(documents))
         documents.extend(taken)
+        texts.extend(lines)
         skip += len(taken)
         if skip == count:
             offset, skip = offset + length, 0
-    return Batch(tuple(documents), start, Position(number, offset, skip))
+    return Batch(tuple(documents), start, Position(number, offset, skip), tuple(texts))
 
 
 @dataclass(slots=True)
@@ -251,6 +268,7 @@ class _Pending:
     count: int
     done: asyncio.Future[int]
     documents: tuple[dict[str, Any], ...] = ()
+    texts: tuple[str, ...] = ()
 
 
 def _copy(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,7 +293,8 @@ class Spool:
     ``filling_threshold`` is the fill ratio at which :attr:`filling` turns True; ``keep_recent``
     bytes of the frames this process wrote stay in memory until consumed, so a reader that keeps
     up with the appends gets them without reading the disk or decoding JSON (a copy of each
-    document is kept: later changes by the caller do not reach it). What was written before an
+    document is kept, so later changes by the caller do not reach it, unless the caller hands the
+    documents over: see :meth:`append`). What was written before an
     open, or did not fit, is read from disk — where damage is found and reported.
     """
 
@@ -320,7 +339,7 @@ class Spool:
         self._data = asyncio.Event()
         # Frames written by this process and not yet consumed, by (segment, offset): a reader
         # that keeps up with the appends gets them without reading the disk and decoding JSON.
-        self._recent: dict[tuple[int, int], tuple[tuple[dict[str, Any], ...], int]] = {}
+        self._recent: dict[tuple[int, int], tuple[tuple[dict[str, Any], ...], tuple[str, ...], int]] = {}
         self._recent_bytes = 0
         # File handles, each touched only on its own thread.
         self._writer: ThreadPoolExecutor | None = None
@@ -413,17 +432,21 @@ class Spool:
 
     # -- appending --------------------------------------------------------------------------------
 
-    async def append(self, documents: Sequence[Mapping[str, Any]]) -> int:
+    async def append(self, documents: Sequence[Mapping[str, Any]], *, handed_over: bool = False) -> int:
         """Write ``documents`` durably, after every earlier append; return how many were written.
         The return is the acknowledgement. Raises :class:`SpoolFull` (nothing written), ValueError
         or TypeError for a document that is not a JSON object, :class:`SpoolError` when the write
-        failed."""
+        failed.
+
+        ``handed_over=True`` is the caller's promise that the documents are dicts that nobody
+        changes any more (ingest makes them fresh): the spool then keeps them in memory as they
+        are instead of copying them."""
         self._require_open()
         if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
             raise TypeError("documents must be a sequence of mappings")
         if not documents:
             return 0
-        frame = _encode(documents)
+        frame, texts = _encode(documents)
         if len(frame) > self.max_bytes:
             raise ValueError(f"the batch is {len(frame)} bytes, more than the whole spool ({self.max_bytes})")
         if self._broken is not None:
@@ -435,7 +458,11 @@ class Spool:
             )
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)
-        self._queue.append(_Pending(frame, len(documents), done, tuple(_copy(d) for d in documents)))
+        if handed_over:
+            kept = tuple(d if type(d) is dict else _copy(d) for d in documents)
+        else:
+            kept = tuple(_copy(d) for d in documents)
+        self._queue.append(_Pending(frame, len(documents), done, kept, texts))
         self._queued_bytes += len(frame)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -477,9 +504,14 @@ class Spool:
                 continue
             for pending in group:
                 if self._recent_bytes + len(pending.frame) <= self.keep_recent:
-                    self._recent[(self._active, where)] = (pending.documents, len(pending.frame))
+                    self._recent[(self._active, where)] = (
+                        pending.documents,
+                        pending.texts,
+                        len(pending.frame),
+                    )
                     self._recent_bytes += len(pending.frame)
                 pending.documents = ()
+                pending.texts = ()
                 where += len(pending.frame)
             self._segments[self._active] += size
             self._total_bytes += size
@@ -537,10 +569,15 @@ class Spool:
             return False
         return self._state == "open" and self._documents > 0
 
-    async def read(self, max_documents: int) -> Batch | None:
+    async def read(self, max_documents: int, *, after: Batch | None = None) -> Batch | None:
         """Up to ``max_documents`` of the oldest unconsumed documents, in order; None when there
         are none. Starts at the committed position every time: what is not committed is read
-        again. Raises :class:`SpoolCorrupt` for a damaged frame."""
+        again. Raises :class:`SpoolCorrupt` for a damaged frame.
+
+        ``after``, a batch read before and not committed yet, reads the documents that follow it
+        instead, so a reader can take the next batch while the previous one is being written
+        (commits still go in order, and a read without ``after`` starts at the committed position
+        again)."""
         if isinstance(max_documents, bool) or not isinstance(max_documents, int) or max_documents < 1:
             raise ValueError(f"max_documents must be a positive integer, not {max_documents!r}")
         self._require_open()
@@ -549,12 +586,24 @@ class Spool:
             if not self._documents:
                 return None
             start = self._committed
+            if after is not None:
+                if after.start < start or after.end < after.start:
+                    raise ValueError("the batch to read after is committed already or not of this spool")
+                start = after.end
+                if (
+                    start.skip == 0
+                    and start.offset == self._segments.get(start.segment)
+                    and start.segment != self._active
+                ):
+                    start = Position(start.segment + 1, 0, 0)  # as the commit of ``after`` will put it
             sizes = [(number, size) for number, size in self._segments.items() if number >= start.segment]
-            recent = self._read_recent(start, sizes, max_documents)
-            if recent is not None:
-                return recent
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._reader, self._read, start, sizes, max_documents)
+            if not sizes or (start.segment == sizes[-1][0] and start.offset >= sizes[-1][1]):
+                return None  # nothing after it yet
+            batch = self._read_recent(start, sizes, max_documents)
+            if batch is None:
+                loop = asyncio.get_running_loop()
+                batch = await loop.run_in_executor(self._reader, self._read, start, sizes, max_documents)
+            return batch if batch.documents else None
 
     def _read_recent(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch | None:
         """The batch :meth:`_read` would read, from the frames held in memory; None when one of
@@ -564,34 +613,32 @@ class Spool:
         except _NotHeld:
             return None
 
-    def _held_frame(
-        self, number: int, offset: int, skip: int, want: int
-    ) -> tuple[Sequence[dict[str, Any]], int, int]:
+    def _held_frame(self, number: int, offset: int, skip: int, want: int) -> _Taken:
         held = self._recent.get((number, offset))
         if held is None:
             raise _NotHeld
-        documents, length = held
-        return documents[skip : skip + want], length, len(documents)
+        documents, texts, length = held
+        return documents[skip : skip + want], texts[skip : skip + want], length, len(documents)
 
     def _forget_recent(self, before: Position) -> None:
         """Drop the frames held in memory that end at or before ``before`` (consumed)."""
         for key in [key for key in self._recent if key < (before.segment, before.offset)]:
-            self._recent_bytes -= self._recent.pop(key)[1]
+            self._recent_bytes -= self._recent.pop(key)[2]
 
     def _read(self, start: Position, sizes: list[tuple[int, int]], limit: int) -> Batch:  # reader thread
         segment_size = dict(sizes)
 
-        def frame(
-            number: int, offset: int, skip: int, want: int
-        ) -> tuple[Sequence[dict[str, Any]], int, int]:
+        def frame(number: int, offset: int, skip: int, want: int) -> _Taken:
             buffer, at = self._frame_bytes(number, offset, segment_size[number])
             try:
                 length, count = _check_frame(buffer, at)
             except _BadFrame as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, str(e)) from None
-            lines = buffer[at + _HEADER.size : at + length].split(b"\n")
             try:
-                return [json.loads(line) for line in lines[skip : skip + want]], length, count
+                lines = (
+                    buffer[at + _HEADER.size : at + length].decode("ascii").split("\n")[skip : skip + want]
+                )
+                return [json.loads(line) for line in lines], lines, length, count
             except ValueError as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, f"bad JSON: {e}") from None
 

@@ -14,6 +14,7 @@ and can be overridden per site (:class:`Detector`'s ``params``).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,8 +53,13 @@ def event_time(doc: Mapping[str, Any]) -> float:
     """``@timestamp`` of a normalised document, as epoch seconds."""
     stamp = doc.get("@timestamp")
     if isinstance(stamp, str):
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        return _epoch_seconds(stamp)
     return time.time()
+
+
+@functools.lru_cache(maxsize=256)  # several rules ask for the time of the same document
+def _epoch_seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ def event(n: int, **fields: Any) -> dict[str, Any]:
 class Pipeline:
     def __init__(self, root: Path, *, max_bytes: int = 64 << 20) -> None:
         self.spool = Spool(root / "spool", max_bytes=max_bytes, segment_bytes=64 << 10)
-        self.store = SqliteEventStore(root / "events.db")
+        self.store_path = root / "events.db"
+        self.store = SqliteEventStore(self.store_path)
         self.emitted = RecordingEmitter()
         self.ingest = Ingest(self.spool, self.store, events=self.emitted, batch_size=100, max_backoff=0.2)
         self.writer: asyncio.Task[None] | None = None
@@ -242,3 +243,45 @@ def test_a_killed_ingest_process_loses_no_acknowledged_event(tmp_path: Path) -> 
     assert len(stored) == len(set(stored))  # once each
     assert set(acknowledged) <= set(stored)  # nothing acknowledged is lost
     assert stored == sorted(stored)  # in order
+
+
+def test_an_ordinary_flat_document_is_normalised_as_any_other() -> None:
+    nested = {
+        "@timestamp": "2026-11-02T09:00:00.250000Z",
+        "event": {"id": "f1", "action": "access"},
+        "user": {"name": "lina", "roles": ("a", "b")},
+        "http": {"response": {"status_code": 200}},
+        "labels": {"ratio": 0.5, "flag": True, "none": None},
+    }
+    flat = normalise(nested)  # the general path teaches it the names
+    again = normalise(dict(flat))  # a flat dict of known names: the quick path
+    assert again == flat and again is not flat
+    roles = ["a"]
+    copied = normalise({**flat, "user.roles": roles})
+    roles.append("b")  # the caller's later change does not reach the normalised document
+    assert copied["user.roles"] == ["a"]
+    # A secret name, a nested value or a bad time still take the checks.
+    assert normalise({**flat, "user.password": "x"})["user.password"] == REDACTED
+    with pytest.raises(DocumentRefused, match="not RFC 3339"):
+        normalise({**flat, "@timestamp": "2026-13-02T09:00:00.000000Z"})
+    with pytest.raises(DocumentRefused, match="a list holds only"):
+        normalise({**flat, "user.roles": [{"a": 1}]})
+
+
+async def test_documents_are_stored_exactly_whatever_their_characters(pipeline: Pipeline) -> None:
+    documents = [
+        event(1, message="张伟 signed in"),
+        event(2, message="C:\\users\\lina\\u0041"),  # a backslash before u, not an escape
+        event(3, message='tab\there, quote " and \u2028'),
+        event(4, message="plain"),
+    ]
+    await pipeline.ingest.accept(documents)
+    assert await pipeline.ingest.drain()
+    found = await pipeline.store.search(Query(size=10, ascending=True))
+    assert found.hits == [normalise(d) for d in documents]
+    raw = sqlite3.connect(pipeline.store_path)
+    try:
+        (text,) = raw.execute("SELECT doc FROM events_20261102 WHERE id = 'i00001'").fetchone()
+    finally:
+        raw.close()
+    assert "张伟" in text  # kept as UTF-8, not as \\u escapes

@@ -613,3 +613,40 @@ async def test_a_reader_that_keeps_up_reads_from_memory_the_same_documents(tmp_p
     async with Spool(kept, max_bytes=10**7, segment_bytes=4096) as spool:
         again = await spool.read(100)
         assert again is not None and again.documents == rest.documents and again.end == rest.end
+
+
+@pytest.mark.parametrize("keep_recent", [0, 10**7], ids=["from-disk", "from-memory"])
+async def test_the_next_batch_can_be_read_before_the_one_before_is_committed(
+    tmp_path: Path, keep_recent: int
+) -> None:
+    async with Spool(tmp_path, max_bytes=10**7, segment_bytes=4096, keep_recent=keep_recent) as spool:
+        for first in range(0, 300, 30):
+            await append_range(spool, first, 30)
+        got: list[int] = []
+        first_batch = await spool.read(45)
+        assert first_batch is not None
+        batches = [first_batch]
+        while (following := await spool.read(45, after=batches[-1])) is not None:
+            assert following.start == batches[-1].end or following.start.offset == 0
+            batches.append(following)
+        assert await spool.read(10, after=batches[-1]) is None  # nothing after the last yet
+        for batch in batches:  # commits go in the order read
+            got += ids(batch)
+            assert list(batch.texts) == [json.dumps(d, separators=(",", ":")) for d in batch.documents]
+            await spool.commit(batch)
+            if batch is batches[0]:
+                with pytest.raises(ValueError, match="committed already"):
+                    await spool.read(10, after=batch)
+        assert got == list(range(300)) and spool.backlog_documents == 0
+
+
+async def test_handed_over_documents_are_kept_without_a_copy(tmp_path: Path) -> None:
+    async with Spool(tmp_path, max_bytes=10**7) as spool:
+        mine = [document(1)]
+        handed = [document(2)]
+        await spool.append(mine)
+        await spool.append(handed, handed_over=True)
+        batch = await spool.read(10)
+        assert batch is not None
+        assert batch.documents[0] == mine[0] and batch.documents[0] is not mine[0]
+        assert batch.documents[1] is handed[0]

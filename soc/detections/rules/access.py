@@ -14,6 +14,7 @@ refused is counted per source address over minutes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -64,6 +65,7 @@ def _strings(doc: Mapping[str, Any], name: str) -> list[str]:
     return [str(value)] if value != "" else []
 
 
+@functools.lru_cache(maxsize=8192)  # parsing is slow; a site has a working set of addresses
 def _address(value: str | None) -> str | None:
     """The address in one spelling: IPv4-mapped IPv6 as IPv4, IPv6 compressed."""
     if value is None:

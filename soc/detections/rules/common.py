@@ -11,6 +11,8 @@ __all__ = ["action", "event_id", "failed", "field", "succeeded"]
 def field(doc: Mapping[str, Any], name: str) -> str | None:
     """A string field of ``doc`` (the first value of a list), or None when absent or empty."""
     value = doc.get(name)
+    if type(value) is str:  # the common case first
+        return value or None
     if isinstance(value, list | tuple):
         value = value[0] if value else None
     if value is None or value == "":

@@ -157,6 +157,8 @@ class ImpossibleTravel:
         return field(doc, "user.name") is not None and field(doc, "source.ip") is not None
 
     async def check(self, doc: Mapping[str, Any], ctx: Context) -> Signal | None:
+        if not ctx.places:
+            return None  # a site without a table of places: no address has a place
         user = field(doc, "user.name") or ""
         address = field(doc, "source.ip") or ""
         place = ctx.places.of(address)
