@@ -14,6 +14,16 @@ For each HTTP request to an application host (:mod:`gateway.routes`):
    anything else gets the deny page (zh/en, request id, the rules' descriptions; no internals);
 4. one ECS access event per request is emitted after the response has gone out.
 
+The HTTP front (``core.web.fastpath``) hands the gateway each plain ``GET`` / ``HEAD`` first
+(:meth:`Gateway.fast_path`): when the decision can be made from what is cached (path, session,
+risk score) and allows it, and a kept-alive upstream connection is idle, the request is sent
+upstream at once and the response, when it comes whole with its head, is written back to the
+client — without an ASGI scope, messages or a task, but through the same functions as the
+ASGI path below (decision, upstream headers, request head, response parsing and header
+filtering, response framing, access event), so the bytes on both sides are the same. Anything
+else — a sign-in, a refusal, a page, a body, a response to stream, an upstream error — goes the
+ASGI path, from the start or, once the request went upstream, from where it stands.
+
 Paths under ``/.onegate/`` on every host belong to the gateway itself (sign-in callback,
 logout, back-channel logout, forward-auth, JWKS, static files): the *control* app, a Starlette
 app with OneGate's usual middleware, handles them, and the deny / sign-in / error pages too.
@@ -26,7 +36,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +46,7 @@ from core.kv import KVError
 from core.logging import get_logger
 from core.net import TrustedProxies, client_address
 from gateway.assertion import AssertionIssuer, Identity
+from gateway.blocks import AddressBlocks, Block
 from gateway.headers import (
     FORWARDING,
     HOP_BY_HOP,
@@ -49,9 +60,13 @@ from gateway.routes import Route, RouteTable, host_header, host_of
 from gateway.sessions import GatewaySession, GatewaySessions
 from gateway.upstream import Origin, UpstreamError, UpstreamPool
 from policy.engine import PolicyEngine
-from policy.model import Decision, Effect, Request
+from policy.model import Decision, Effect, Reason, Request
 from policy.model import client_address as client_ip  # the policy's reading of an address
 from policy.normalize import CanonicalPath, PathRejected, canonical_path
+
+if TYPE_CHECKING:
+    from core.web.fastpath import FastRequest
+    from gateway.upstream import UpstreamResponse
 
 __all__ = ["CONTROL_PREFIX", "Gateway", "GatewayOptions", "PageInfo", "Verdict", "login_url"]
 
@@ -59,12 +74,14 @@ _log = get_logger("onegate.gateway")
 
 CONTROL_PREFIX = "/.onegate"
 _CONTROL = b"/.onegate/"
+_CONTROL_PATH = b"/.onegate"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NAVIGATION = frozenset({"GET", "HEAD"})
 # Hosts the gateway answers on for its own pages (portal, health) when no route names them.
 _IDENTITY_CACHE = 100_000
 _PATH_CACHE = 10_000
 _COOKIE_CACHE = 10_000
+_SECTION_CACHE = 1_024
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -111,8 +128,27 @@ def login_url(return_to: str, decision: Decision | None = None) -> str:
     return url
 
 
-def _request_id() -> str:
-    return os.urandom(8).hex()
+class _RequestIds:
+    """Request ids: 64 random bits each, as 16 hex digits, read from the operating system 256 at
+    a time (one system call per 256 requests instead of one each). A forked child starts with
+    none, so that it never repeats its parent's."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+
+    def __call__(self) -> str:
+        ids = self._ids
+        if not ids:
+            block = os.urandom(8 * 256).hex()
+            ids.extend(block[i : i + 16] for i in range(0, len(block), 16))
+        return ids.pop()
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+
+_request_id = _RequestIds()
+os.register_at_fork(after_in_child=_request_id.clear)
 
 
 class _Body:
@@ -162,8 +198,10 @@ class Gateway:
         fallback: ASGIApp | None = None,
         options: GatewayOptions | None = None,
         websocket: Callable[..., Awaitable[None]] | None = None,
+        blocks: AddressBlocks | None = None,
     ) -> None:
         self.routes = routes
+        self._blocks = blocks
         self.sessions = sessions
         self._engine = engine
         self._pool_for = pool
@@ -177,6 +215,9 @@ class Gateway:
         self._websocket = websocket
         self._subjects: dict[str, _Subject] = {}
         self._cookies: dict[bytes, bytes] = {}  # Cookie header -> without the gateway's cookie
+        self._session_cookies: dict[bytes, str | None] = {}  # Cookie header -> the gateway's cookie
+        # (header section, client address, scheme) -> what the fast path reads from it
+        self._sections: dict[tuple[bytes, str | None, str], _Section] = {}
         self._paths: dict[bytes, CanonicalPath | PathRejected] = {}
 
     def set_control(self, control: ASGIApp) -> None:
@@ -196,7 +237,7 @@ class Gateway:
     async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         raw = scope.get("raw_path") or scope["path"].encode()
-        if raw.startswith(_CONTROL) or raw == CONTROL_PREFIX.encode():
+        if raw.startswith(_CONTROL) or raw == _CONTROL_PATH:
             await self._to_control(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -222,7 +263,7 @@ class Gateway:
             return
         route, decision = verdict.route, verdict.decision
         assert route is not None and decision is not None  # noqa: S101 - authorize's contract
-        access = _Access(scope, verdict, started)
+        access = _Access(verdict, started, scope.get("method", "GET"), headers, scope["type"] == "websocket")
         if decision.effect is Effect.ALLOW:
             if scope["type"] == "websocket":
                 await self._forward_websocket(scope, receive, send, verdict)
@@ -239,15 +280,7 @@ class Gateway:
         """Decide one request: for the proxy and for forward-auth alike. ``raw_path`` is the
         request target's path as sent (percent-encoded), without the query."""
         request_id = _request_id()
-        path = self._paths.get(raw_path)
-        if path is None:
-            try:
-                path = canonical_path(raw_path)
-            except PathRejected as e:
-                path = e
-            if len(self._paths) >= _PATH_CACHE:
-                self._paths.clear()
-            self._paths[raw_path] = path
+        path = self._canonical(raw_path)
         if isinstance(path, PathRejected):
             page = PageInfo("bad_path", 400, request_id, reason=path.reason.value)
             return Verdict(request_id, ip, page=page)
@@ -262,9 +295,70 @@ class Gateway:
             if session is not None:
                 cached = self._risk.cached(session.username)
                 risk = cached if cached is not None else await self._risk.score(session.username)
+            block = await self._blocks.check(ip) if self._blocks is not None else None
         except KVError as e:
             _log.error("session store unavailable", error=str(e), request_id=request_id)
             return Verdict(request_id, ip, page=PageInfo("unavailable", 503, request_id, route.app))
+        if block is not None:  # whoever asks: the address is blocked (a SOC response action)
+            return Verdict(
+                request_id,
+                ip,
+                route=route,
+                session=session,
+                decision=_BLOCKED,
+                path=path.path,
+                risk=risk,
+                blocked=block,
+            )
+        return self._decide(request_id, ip, route, path, method=method, session=session, risk=risk)
+
+    def _authorize_now(
+        self, host: str, raw_path: bytes, method: str, cookie: str | None, ip: str
+    ) -> Verdict | None:
+        """:meth:`authorize` for a request it would decide from the caches alone, without a
+        page; None for any other (authorize then decides it)."""
+        path = self._canonical(raw_path)
+        if isinstance(path, PathRejected):
+            return None
+        route = self.routes.match(host, path.key)
+        if route is None:
+            return None
+        session = self.sessions.peek(cookie, host)
+        if session is False:
+            return None
+        risk = 0
+        if session is not None:
+            cached = self._risk.cached(session.username)
+            if cached is None:
+                return None
+            risk = cached
+        if self._blocks is not None and self._blocks.cached(ip) is not False:
+            return None  # blocked, or the list is due a read: authorize decides it
+        return self._decide(_request_id(), ip, route, path, method=method, session=session, risk=risk)
+
+    def _canonical(self, raw_path: bytes) -> CanonicalPath | PathRejected:
+        path = self._paths.get(raw_path)
+        if path is None:
+            try:
+                path = canonical_path(raw_path)
+            except PathRejected as e:
+                path = e
+            if len(self._paths) >= _PATH_CACHE:
+                self._paths.clear()
+            self._paths[raw_path] = path
+        return path
+
+    def _decide(
+        self,
+        request_id: str,
+        ip: str,
+        route: Route,
+        path: CanonicalPath,
+        *,
+        method: str,
+        session: GatewaySession | None,
+        risk: int,
+    ) -> Verdict:
         if session is None:
             request = Request.exact(
                 route.app, path.key, method, None, _NONE, (), _NONE, None, None, _ip(ip), time.time(), 0
@@ -298,14 +392,28 @@ class Gateway:
         )
 
     def cookie_value(self, headers: list[tuple[bytes, bytes]]) -> str | None:
-        wanted = self._cookie
         for name, value in headers:
             if name == b"cookie":
-                for part in value.split(b";"):
-                    key, eq, val = part.strip().partition(b"=")
-                    if eq and key == wanted:
-                        return val.decode("latin-1")
+                found = self._session_cookies.get(value, self._session_cookies)
+                if found is self._session_cookies:
+                    found = self._session_cookie(value)
+                if found is not None:
+                    return found  # type: ignore[return-value]
         return None
+
+    def _session_cookie(self, value: bytes) -> str | None:
+        """The gateway's cookie in one Cookie header, read once per distinct header value."""
+        found = None
+        wanted = self._cookie
+        for part in value.split(b";"):
+            key, eq, val = part.strip().partition(b"=")
+            if eq and key == wanted:
+                found = val.decode("latin-1")
+                break
+        if len(self._session_cookies) >= _COOKIE_CACHE:
+            self._session_cookies.clear()
+        self._session_cookies[value] = found
+        return found
 
     # -- refusing ----------------------------------------------------------------------------
 
@@ -344,11 +452,39 @@ class Gateway:
     ) -> list[tuple[bytes, bytes]]:
         """The headers sent upstream: the client's minus hop-by-hop, identity and (unless from a
         trusted proxy) forwarding headers; plus Host, X-Forwarded-*, X-Request-ID and identity."""
-        route, session, ip, request_id = verdict.route, verdict.session, verdict.ip, verdict.request_id
+        return self._upstream_headers(
+            scope["headers"], scope.get("client"), scope.get("scheme", "http"), verdict, host_value
+        )
+
+    def _upstream_headers(
+        self,
+        client_headers: list[tuple[bytes, bytes]],
+        peer: tuple[str, int] | None,
+        scheme: str,
+        verdict: Verdict,
+        host_value: bytes,
+    ) -> list[tuple[bytes, bytes]]:
+        route, session = verdict.route, verdict.session
         assert route is not None  # noqa: S101 - only decided requests are forwarded
-        client_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        out = self._forwarded_headers(client_headers, peer, scheme, route, host_value, ip=verdict.ip)
+        out.append((b"x-request-id", verdict.request_id.encode()))
+        if session is not None:
+            out += self.identity_headers(session, route.app)
+        return out
+
+    def _forwarded_headers(
+        self,
+        client_headers: list[tuple[bytes, bytes]],
+        peer: tuple[str, int] | None,
+        scheme: str,
+        route: Route,
+        host_value: bytes,
+        *,
+        ip: str,
+    ) -> list[tuple[bytes, bytes]]:
+        """The client's headers as forwarded, Host and X-Forwarded-*: what comes before the
+        request id and the identity (a function of its arguments alone)."""
         listed = connection_tokens(client_headers)
-        peer = scope.get("client")
         trusted = peer is not None and str(peer[0]) in self.options.trusted_proxies
         forwarded_for: list[bytes] = []
         out: list[tuple[bytes, bytes]] = []
@@ -372,13 +508,8 @@ class Gateway:
         peer_ip = str(peer[0]) if peer else ip
         forwarded_for.append(peer_ip.encode())
         out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-        out.append(
-            (b"x-forwarded-proto", b"https" if self.options.https else scope.get("scheme", "http").encode())
-        )
+        out.append((b"x-forwarded-proto", b"https" if self.options.https else scheme.encode()))
         out.append((b"x-forwarded-host", host_value))
-        out.append((b"x-request-id", request_id.encode()))
-        if session is not None:
-            out.extend(self.identity_headers(session, route.app))
         return out
 
     def _stripped_cookie(self, value: bytes) -> bytes:
@@ -394,8 +525,17 @@ class Gateway:
         """The identity headers for ``app``: built once per session object (the session cache
         hands out the same object for a second), the assertion reused by the issuer."""
         subject = self._subject(session)
-        assertion = self.assertions.issue(subject.identity, app).encode()
-        return [*subject.headers, (b"x-onegate-assertion", assertion)]
+        return [*subject.headers, (b"x-onegate-assertion", self._assertion(subject, app))]
+
+    def _assertion(self, subject: _Subject, app: str) -> bytes:
+        """The assertion for ``app``, encoded once per token the issuer hands out."""
+        token = self.assertions.issue(subject.identity, app)
+        cached = subject.assertion
+        if cached is not None and cached[0] is token:
+            return cached[1]
+        encoded = token.encode()
+        subject.assertion = (token, encoded)
+        return encoded
 
     def _subject(self, session: GatewaySession) -> _Subject:
         subject = self._subjects.get(session.sid)
@@ -461,13 +601,31 @@ class Gateway:
             if isinstance(body, _Body) and body.disconnected:
                 access.status = 499
                 return
-            status = 504 if e.kind == "timeout" else 502
-            _log.warning("upstream failed", app=route.app, kind=e.kind, request_id=request_id)
-            await self._page(
-                scope, receive, send, PageInfo("upstream", status, request_id, route.app, reason=e.kind)
-            )
-            access.status = status
+            await self._upstream_failed(scope, receive, send, verdict, access, error=e)
             return
+        await self._relay(send, response, verdict, access)
+
+    async def _upstream_failed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        verdict: Verdict,
+        access: _Access,
+        *,
+        error: UpstreamError,
+    ) -> None:
+        route, request_id = verdict.route, verdict.request_id
+        assert route is not None  # noqa: S101 - only decided requests are forwarded
+        status = 504 if error.kind == "timeout" else 502
+        _log.warning("upstream failed", app=route.app, kind=error.kind, request_id=request_id)
+        await self._page(
+            scope, receive, send, PageInfo("upstream", status, request_id, route.app, reason=error.kind)
+        )
+        access.status = status
+
+    async def _relay(self, send: Send, response: UpstreamResponse, verdict: Verdict, access: _Access) -> None:
+        """The upstream's response to the client."""
         access.status = response.status
         out_headers = upstream_response_headers(response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
@@ -488,7 +646,8 @@ class Gateway:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamError as e:  # the upstream broke off mid-body: the client sees it cut too
-            _log.warning("upstream body cut off", app=route.app, kind=e.kind, request_id=request_id)
+            app = verdict.route.app if verdict.route is not None else None
+            _log.warning("upstream body cut off", app=app, kind=e.kind, request_id=verdict.request_id)
             access.outcome = Outcome.FAILURE
         except OSError:  # the client went away
             access.outcome = Outcome.FAILURE
@@ -515,6 +674,111 @@ class Gateway:
         target = verdict.path.encode() + (b"?" + query if query else b"")
         await self._websocket(scope, receive, send, route.origin, target, headers)
 
+    # -- the front's fast path ---------------------------------------------------------------
+
+    def fast_path(self, request: FastRequest) -> bool:
+        """Take a plain ``GET`` / ``HEAD`` from the HTTP front (module docstring): True when it
+        went upstream here, False when it is one for the ASGI path."""
+        started = time.perf_counter()
+        raw = request.raw_path
+        if raw.startswith(_CONTROL) or raw == _CONTROL_PATH:
+            return False
+        section = self._section(request)
+        host = section.host
+        if host is None or not section.plain or host not in self.routes:
+            return False
+        method = request.method
+        verdict = self._authorize_now(host, raw, method, section.cookie, section.ip)
+        if verdict is None or verdict.decision is None or verdict.decision.effect is not Effect.ALLOW:
+            return False
+        route = verdict.route
+        assert route is not None  # noqa: S101 - authorize's contract
+        origin = route.origin
+        if origin is None:
+            return False
+        query = request.query
+        target = verdict.path.encode() + (b"?" + query if query else b"")
+        pool = self._pool_for(route)
+        try:
+            head = self._fast_head(request, section, verdict, pool, target)
+        except UpstreamError:
+            return False  # the ASGI path answers it (its page)
+        conn = pool.take_idle(origin)
+        if conn is None:
+            return False  # the ASGI path connects (and leaves the connection idle for the next)
+        relay = _Relay(
+            self,
+            request,
+            verdict,
+            _Access(verdict, started, method, request.headers),
+            conn=conn,
+            target=target,
+        )
+        try:
+            conn.start(head, method == "HEAD", relay.answered)
+        except UpstreamError as e:  # closed meanwhile: as send() would, once more on a fresh one
+            conn.abort()
+            relay.error = e
+            request.hand_over(relay.after_error)
+        return True
+
+    def _section(self, request: FastRequest) -> _Section:
+        """What the fast path reads from the request's header section (a function of the
+        section, the client's address and the scheme alone), read once for the requests that
+        repeat it."""
+        client = request.client
+        key = (request.fields, client[0] if client is not None else None, request.scheme)
+        section = self._sections.get(key)
+        if section is None:
+            headers = request.headers
+            section = _Section(
+                host=_host(headers),
+                plain=_framing(headers) == (None, False),
+                ip=client_address(
+                    {"client": request.client, "headers": headers}, self.options.trusted_proxies
+                ),
+                cookie=self.cookie_value(headers),
+            )
+            if len(self._sections) >= _SECTION_CACHE:
+                self._sections.clear()
+            self._sections[key] = section
+        return section
+
+    def _fast_head(
+        self, request: FastRequest, section: _Section, verdict: Verdict, pool: UpstreamPool, target: bytes
+    ) -> bytes:
+        """The upstream request head of a fast-path request: the bytes the ASGI path sends
+        (:meth:`upstream_headers`, :meth:`UpstreamPool.send`), put together from blocks made by
+        the same functions — the forwarded headers rendered once per header section (and
+        route), the identity once per session, application and assertion."""
+        route = verdict.route
+        assert route is not None  # noqa: S101 - only decided requests are forwarded
+        forwarded = section.forwarded
+        if forwarded is None or forwarded[0] is not route:
+            headers = request.headers
+            block = pool.header_block(
+                self._forwarded_headers(
+                    headers, request.client, request.scheme, route, host_header(headers) or b"", ip=section.ip
+                )
+            )
+            forwarded = section.forwarded = (route, block)
+        parts = [
+            pool.request_line(request.method, target),
+            forwarded[1],
+            pool.header_block([(b"x-request-id", verdict.request_id.encode())]),
+        ]
+        session = verdict.session
+        if session is not None:
+            subject = self._subject(session)
+            token = self.assertions.issue(subject.identity, route.app)
+            identity = subject.identity_block
+            if identity is None or identity[0] is not token:
+                identity = (token, pool.header_block(self.identity_headers(session, route.app)))
+                subject.identity_block = identity
+            parts.append(identity[1])
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
     # -- events ------------------------------------------------------------------------------
 
     def _emit(self, access: _Access) -> None:
@@ -525,11 +789,127 @@ class Gateway:
             _log.error("access event not emitted", error=str(e))
 
 
+class _Section:
+    """One client header section as the fast path reads it: the host, whether it frames no
+    body (no Content-Length, no Transfer-Encoding), the client's address, the session cookie,
+    and the forwarded headers as rendered for the last route (:meth:`Gateway._fast_head`)."""
+
+    __slots__ = ("cookie", "forwarded", "host", "ip", "plain")
+
+    def __init__(self, *, host: str | None, plain: bool, ip: str, cookie: str | None) -> None:
+        self.host = host
+        self.plain = plain
+        self.ip = ip
+        self.cookie = cookie
+        self.forwarded: tuple[Route, bytes] | None = None
+
+
+class _Relay:
+    """A request the fast path sent upstream, waiting for its answer (:meth:`answered`)."""
+
+    __slots__ = ("access", "conn", "error", "gateway", "request", "response", "target", "verdict")
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: FastRequest,
+        verdict: Verdict,
+        access: _Access,
+        *,
+        conn: Any,
+        target: bytes,
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.verdict = verdict
+        self.access = access
+        self.conn = conn
+        self.target = target
+        self.response: UpstreamResponse | None = None
+        self.error: UpstreamError | None = None
+
+    def answered(self) -> None:
+        """The upstream answered (its head, and the body as far as it came) or failed."""
+        try:
+            self._answered()
+        except Exception as e:
+            self.conn.abort()
+            self.request.fail(e)
+
+    def _answered(self) -> None:
+        conn, request, access = self.conn, self.request, self.access
+        response: UpstreamResponse | None = conn.response
+        if response is None:
+            conn.abort()
+            self.error = conn.error or UpstreamError("closed", "the exchange ended without an answer")
+            request.hand_over(self.after_error)
+            return
+        whole = response.complete_body()
+        if whole is None:  # a body still to come: streamed the ASGI way
+            self.response = response
+            request.hand_over(self.stream)
+            return
+        access.status = response.status
+        request.respond(response.status, upstream_response_headers(response.headers), whole, checked=True)
+        response.close()
+        access.bytes = len(whole)
+        self.gateway._emit(access)
+        request.done()
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI path from the response head on."""
+        assert self.response is not None  # noqa: S101 - set before this is handed over
+        await self.gateway._relay(send, self.response, self.verdict, self.access)
+        self.gateway._emit(self.access)
+
+    async def after_error(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI path for a request whose exchange failed before the response head: sent once
+        more on a fresh connection when the kept-alive one turned out closed (as
+        :meth:`UpstreamPool.send` retries), else the error page."""
+        gateway, verdict, access, error = self.gateway, self.verdict, self.access, self.error
+        route = verdict.route
+        assert error is not None and route is not None and route.origin is not None  # noqa: S101
+        try:
+            if not error.stale:
+                raise error
+            request = self.request
+            headers = gateway._upstream_headers(
+                request.headers, request.client, request.scheme, verdict, host_header(request.headers) or b""
+            )
+            response = await gateway._pool_for(route).send(
+                route.origin, request.method, self.target, headers, None, idempotent=True, fresh=True
+            )
+        except UpstreamError as e:
+            await gateway._upstream_failed(scope, receive, send, verdict, access, error=e)
+        else:
+            await gateway._relay(send, response, verdict, access)
+        gateway._emit(access)
+
+
+BLOCKED_RULE = "soc-address-block"
+_BLOCKED = Decision(Effect.DENY, Reason.DENIED_BY_RULE, (BLOCKED_RULE,))
+_BLOCKED_TEXT = (
+    "Requests from this address are blocked by the security operations centre / "
+    "来自该地址的请求已被安全运营中心封禁"
+)
+
+
 class Verdict:
     """What :meth:`Gateway.authorize` decided. ``page`` is set when the request cannot even be
     decided (bad path, no route, store down); otherwise ``decision`` says what to do."""
 
-    __slots__ = ("decision", "engine", "ip", "page", "path", "request_id", "risk", "route", "session")
+    __slots__ = (
+        "blocked",
+        "decision",
+        "engine",
+        "ip",
+        "page",
+        "path",
+        "request_id",
+        "risk",
+        "route",
+        "session",
+    )
 
     def __init__(
         self,
@@ -543,7 +923,9 @@ class Verdict:
         path: str = "",
         risk: int = 0,
         page: PageInfo | None = None,
+        blocked: Block | None = None,
     ) -> None:
+        self.blocked = blocked
         self.request_id = request_id
         self.ip = ip
         self.route = route
@@ -558,6 +940,8 @@ class Verdict:
         """The page for a decision that is not an allow: sign in, step up, or denied."""
         decision, route = self.decision, self.route
         app = route.app if route else None
+        if self.blocked is not None:  # whoever asks: no sign-in offered either
+            return PageInfo("denied", 403, self.request_id, app, decision, descriptions=(_BLOCKED_TEXT,))
         if self.session is None:
             return PageInfo("sign_in", 401, self.request_id, app, decision, login=login_url(return_to))
         if decision is not None and decision.effect is Effect.STEP_UP:
@@ -576,10 +960,22 @@ class _Subject:
     """What the gateway derives from one session object, once: the policy's sets, the identity
     headers and assertion identity, and the access event's user fields."""
 
-    __slots__ = ("event_fields", "groups", "headers", "identity", "roles", "session")
+    __slots__ = (
+        "assertion",
+        "event_fields",
+        "groups",
+        "headers",
+        "identity",
+        "identity_block",
+        "roles",
+        "session",
+    )
 
     def __init__(self, session: GatewaySession) -> None:
         self.session = session
+        self.assertion: tuple[str, bytes] | None = None  # the last token issued, and encoded
+        # The identity headers with that token as a request head carries them (the fast path).
+        self.identity_block: tuple[str, bytes] | None = None
         self.groups = frozenset(session.groups)
         self.roles = frozenset(session.roles)
         self.identity = Identity(
@@ -614,42 +1010,52 @@ class _Subject:
 
 
 class _Access:
-    """One request's access record, made into its ECS event after the response."""
+    """One request's access record, made into its ECS event after the response: what was
+    decided, when the request came (``time.perf_counter()``), its method and headers."""
 
-    __slots__ = ("bytes", "outcome", "scope", "started", "status", "verdict")
+    __slots__ = ("bytes", "headers", "method", "outcome", "started", "status", "verdict", "websocket")
 
-    def __init__(self, scope: Scope, verdict: Verdict, started: float) -> None:
-        self.scope = scope
+    def __init__(
+        self,
+        verdict: Verdict,
+        started: float,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        websocket: bool = False,
+    ) -> None:
         self.verdict = verdict
         self.started = started
+        self.method = method
+        self.headers = headers
+        self.websocket = websocket
         self.status = 0
         self.bytes = 0
         self.outcome: Outcome | None = None
 
     def event(self, subject: _Subject | None = None) -> Event:
-        scope, verdict = self.scope, self.verdict
+        verdict = self.verdict
         session, decision, route = verdict.session, verdict.decision, verdict.route
         assert decision is not None and route is not None  # noqa: S101 - only decided requests
         user_agent = b""
-        for name, value in scope["headers"]:
+        for name, value in self.headers:
             if name == b"user-agent":
                 user_agent = value
                 break
         fields: dict[str, Any] = {
             "onegate.app": route.app,
             "url.path": verdict.path,
-            "http.request.method": scope.get("method", "GET"),
+            "http.request.method": self.method,
             "http.response.status_code": self.status,
             "http.response.body.bytes": self.bytes,
             "event.duration": int((time.perf_counter() - self.started) * 1e9),
-            "onegate.decision": decision.effect.value,
+            "onegate.decision": str(decision.effect),  # a StrEnum: str() is its value, in C
             "onegate.rule_ids": list(decision.rule_ids),
-            "onegate.reason": decision.reason.value,
+            "onegate.reason": str(decision.reason),
             "onegate.risk": verdict.risk,
             "trace.id": verdict.request_id,
             "user_agent.original": user_agent.decode("latin-1")[:512],
         }
-        if scope["type"] == "websocket":
+        if self.websocket:
             fields["network.protocol"] = "websocket"
         if verdict.ip:
             fields["source.ip"] = verdict.ip

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = ["HOP_BY_HOP", "IDENTITY_PREFIX", "is_identity", "strip_cookie", "upstream_response_headers"]
 
@@ -34,6 +34,7 @@ FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
 )
 IDENTITY_PREFIX = b"x-onegate-"
+_NONE: frozenset[bytes] = frozenset()
 
 
 def is_identity(name: bytes) -> bool:
@@ -43,11 +44,13 @@ def is_identity(name: bytes) -> bool:
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The header names listed in ``Connection`` (lower case)."""
-    names: set[bytes] = set()
+    names: set[bytes] | None = None
     for name, value in headers:
         if name == b"connection":
-            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(names)
+            if names is None:
+                names = set()
+            names.update([t.strip().lower() for t in value.split(b",") if t.strip()])
+    return _NONE if names is None else frozenset(names)
 
 
 def strip_cookie(value: bytes, cookie_name: bytes) -> bytes:
@@ -61,8 +64,8 @@ def strip_cookie(value: bytes, cookie_name: bytes) -> bytes:
     return b"; ".join(p for p in kept if p)
 
 
-def upstream_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def upstream_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers the client may see: hop-by-hop ones removed."""
-    listed = list(headers)
-    dropped = HOP_BY_HOP | connection_tokens(listed)
-    return [(n, v) for n, v in listed if n not in dropped]
+    listed = connection_tokens(headers)
+    dropped = HOP_BY_HOP if listed <= HOP_BY_HOP else HOP_BY_HOP | listed
+    return [(n, v) for n, v in headers if n not in dropped]

@@ -61,7 +61,7 @@ import ipaddress
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import urlsplit
@@ -103,6 +103,15 @@ _RESPONSE_HEAD = re.compile(
 )
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n\x00]*)?")
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
+# The fields the framing or the connection depends on (the rest are only copied).
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host"})
+
+
+def _check_lines(head: bytes, lines: int) -> None:
+    """Each of the ``lines`` lines ends in CRLF and nothing else holds CR, LF or NUL (RFC 9112
+    §2.2, §5): a header value with a line break would smuggle a second request."""
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+        raise UpstreamError("protocol", "a request header holds CR, LF or NUL")
 
 
 class UpstreamError(Exception):
@@ -233,6 +242,10 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         """Give the connection back to the pool when the response arrived in full and keep-alive
         holds; close it otherwise. Idempotent."""
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose`, for a caller that is not a coroutine."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(self)
@@ -270,6 +283,9 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._notify: Callable[[], None] | None = None  # start()'s caller, until its head came
+        self._feeding = False  # inside data_received
+        self.exchanges = 0  # start() exchanges so far: tells the pool's read deadlines apart
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -314,6 +330,20 @@ class _Connection(asyncio.Protocol):
         self._wake_drain()
 
     def data_received(self, data: bytes) -> None:
+        if self._notify is None:
+            self._feed(data)
+            return
+        # A start() exchange: its caller hears of the head once all that came with it was read,
+        # so that a small body is complete by then.
+        self._feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self._feeding = False
+        if self.response is not None or self.error is not None:
+            self._fire()
+
+    def _feed(self, data: bytes) -> None:
         state = self.state
         if state == _LENGTH:
             self._feed_length(data)
@@ -339,18 +369,7 @@ class _Connection(asyncio.Protocol):
         declared: int | None,
         head_request: bool,
     ) -> UpstreamResponse:
-        transport = self.transport
-        if self.closed or transport is None or transport.is_closing():
-            raise UpstreamError("closed", "the connection was closed before the request", stale=True)
-        self.state = _HEAD
-        self.response = None
-        self.error = None
-        self._head_request = head_request
-        self._received = False
-        self._keep_alive = False
-        self._request_sent = False
-        self._interim = 0
-        self._head_buf, self._scan, self._cbuf = None, 0, b""
+        transport = self._begin(head_request)
         if stream is None:
             if not payload:
                 transport.write(head)
@@ -367,6 +386,43 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self.wait(f"the upstream did not answer within {self.read_timeout:g} s")
         return self.response
+
+    def start(self, head: bytes, head_request: bool, notify: Callable[[], None]) -> None:
+        """Send a request without a body, without awaiting its answer: ``notify`` is called once,
+        when the response head came (``response`` is set, with as much of the body as came with
+        it) or the exchange failed (``error`` is set: what :meth:`exchange` would have raised,
+        the read timeout included). Raises :class:`UpstreamError` (stale) when the connection
+        is already closed."""
+        transport = self._begin(head_request)
+        self._notify = notify
+        self.exchanges += 1
+        self.pool.awaiting_head(self)
+        transport.write(head)
+        self._request_sent = True
+
+    def awaiting(self, exchange: int) -> bool:
+        """Whether start()'s exchange number ``exchange`` still waits for its head."""
+        return self._notify is not None and self.exchanges == exchange
+
+    def _begin(self, head_request: bool) -> asyncio.Transport:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise UpstreamError("closed", "the connection was closed before the request", stale=True)
+        self.state = _HEAD
+        self.response = None
+        self.error = None
+        self._head_request = head_request
+        self._received = False
+        self._keep_alive = False
+        self._request_sent = False
+        self._interim = 0
+        self._head_buf, self._scan, self._cbuf = None, 0, b""
+        return transport
+
+    def _fire(self) -> None:
+        notify, self._notify = self._notify, None
+        if notify is not None:
+            notify()
 
     async def _write_stream(
         self, transport: asyncio.Transport, stream: AsyncIterable[bytes], declared: int | None
@@ -432,6 +488,12 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if (
+            self._notify is not None
+            and not self._feeding
+            and (self.response is not None or self.error is not None)
+        ):
+            self._fire()
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter
@@ -542,7 +604,7 @@ class _Connection(asyncio.Protocol):
             self._head_buf, self._scan = None, 0
             if self._parse_head(head):
                 if rest:
-                    self.data_received(rest)
+                    self._feed(rest)
                 return
             if self.state != _HEAD or not rest:  # failed, or an interim response alone
                 return
@@ -572,13 +634,18 @@ class _Connection(asyncio.Protocol):
             name, _, value = line.partition(b":")
             name = name.lower()
             value = value.strip(b" \t")
-            if name == b"transfer-encoding":
-                transfer_encoding.append(value)
-                continue
-            if name == b"content-length":
-                content_lengths.append(value)
-            elif name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
-                close = True
+            if name in _FRAMING_FIELDS:
+                if name == b"transfer-encoding":
+                    transfer_encoding.append(value)
+                    continue
+                if name == b"content-length":
+                    content_lengths.append(value)
+                elif (
+                    name == b"connection"
+                    and b"close" in (lowered := value.lower())
+                    and b"close" in [t.strip() for t in lowered.split(b",")]
+                ):
+                    close = True
             headers.append((name, value))
         if 100 <= status < 200 and status != 101:  # interim (RFC 9110 §15.2): skip it
             self._interim += 1
@@ -744,6 +811,11 @@ class UpstreamPool:
         self._authorities: dict[Origin, bytes] = {}
         self._methods: dict[str, bytes] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        # start() exchanges waiting for their response head, in the order they began, with their
+        # read deadlines (one read_timeout for the pool: the deadlines come in order too), and
+        # one timer for the earliest: no timer made and cancelled per request.
+        self._heads: deque[tuple[float, int, _Connection]] = deque()
+        self._heads_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._created = 0
         self._reused = 0
@@ -758,21 +830,25 @@ class UpstreamPool:
         body: AsyncIterable[bytes] | bytes | None = None,
         *,
         idempotent: bool,
+        fresh: bool = False,
     ) -> UpstreamResponse:
         """Send one request and return its response once the head arrived (module doc).
 
         ``target`` is the request-target as is (origin-form: path and query); ``headers`` are
         sent in order as given, except the framing ones. Raises :class:`UpstreamError`; an
         exception from iterating ``body`` propagates as it is. The caller must
-        :meth:`UpstreamResponse.aclose` the response.
+        :meth:`UpstreamResponse.aclose` the response. ``fresh``: on a new connection and not
+        retried — for a request that already failed on a reused one (:meth:`take_idle`).
         """
         if self._closed:
             raise UpstreamError("closed", "the upstream pool is closed")
         head, payload, stream, declared = self._request_head(origin, method, target, headers, body)
         head_request = method == "HEAD"
-        retried = False
+        retried = fresh
+        if fresh:
+            self._retried += 1
         while True:
-            conn = self._take_idle(origin)
+            conn = None if fresh else self.take_idle(origin)
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(origin)
@@ -795,6 +871,10 @@ class UpstreamPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._heads_timer is not None:
+            self._heads_timer.cancel()
+            self._heads_timer = None
+        self._heads.clear()
         for conn in list(self._open):
             if conn.state in (_HEAD, _LENGTH, _CHUNKED, _UNTIL_EOF):  # in use: its reader learns why
                 conn.fail(UpstreamError("closed", "the upstream pool was closed"))
@@ -816,6 +896,56 @@ class UpstreamPool:
 
     # -- request head -------------------------------------------------------------------------
 
+    def request_line(self, method: str, target: bytes) -> bytes:
+        """``METHOD target HTTP/1.1`` CRLF; :class:`UpstreamError` for a method that is not a
+        token or a target with a control character or a space."""
+        verb = self._methods.get(method)
+        if verb is None:
+            if not _TOKEN.fullmatch(method):
+                raise UpstreamError("protocol", "invalid request method")
+            verb = self._methods[method] = method.encode("ascii")
+        if not target or _BAD_TARGET.search(target):
+            raise UpstreamError("protocol", "invalid request target")
+        return b"%b %b HTTP/1.1\r\n" % (verb, target)
+
+    def header_block(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """``headers`` as :meth:`send` writes them in a request head, for a caller that puts the
+        head of a request without a body together from parts (:meth:`request_line`, blocks, the
+        final CRLF): the same bytes as :meth:`send` makes of all the blocks' headers at once when
+        one block holds the ``Host`` and none ``Content-Length`` or ``Transfer-Encoding``
+        (:class:`UpstreamError` for those, and for a value holding CR, LF or NUL)."""
+        block, count, declared, _ = self._fields(headers)
+        if declared is not None or count != len(headers):
+            raise UpstreamError("protocol", "framing headers in a header block")
+        _check_lines(block, count)
+        return block
+
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int | None, bool]:
+        """The header lines sent of ``headers`` (the framing ones are ours: left out), how many,
+        the declared Content-Length and whether a Host was among them."""
+        parts: list[bytes] = []
+        count = 0
+        has_host = False
+        declared: int | None = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _FRAMING_FIELDS:
+                if lower == b"content-length":
+                    number = value.strip(b" \t")
+                    if declared is not None or not number.isdigit() or len(number) > 18:
+                        raise UpstreamError(
+                            "protocol", "invalid or repeated Content-Length in the request headers"
+                        )
+                    declared = int(number)
+                    continue
+                if lower == b"transfer-encoding":
+                    continue  # the framing is ours to write
+                if lower == b"host":
+                    has_host = True
+            parts += (name, b": ", value, b"\r\n")
+            count += 1
+        return b"".join(parts), count, declared, has_host
+
     def _request_head(
         self,
         origin: Origin,
@@ -824,39 +954,17 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: AsyncIterable[bytes] | bytes | None,
     ) -> tuple[bytes, bytes, AsyncIterable[bytes] | None, int | None]:
-        verb = self._methods.get(method)
-        if verb is None:
-            if not _TOKEN.fullmatch(method):
-                raise UpstreamError("protocol", "invalid request method")
-            verb = self._methods[method] = method.encode("ascii")
-        if not target or _BAD_TARGET.search(target):
-            raise UpstreamError("protocol", "invalid request target")
-        parts = [verb, b" ", target, b" HTTP/1.1\r\n"]
-        lines = 1
-        has_host = False
-        declared: int | None = None
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                number = value.strip(b" \t")
-                if declared is not None or not number.isdigit() or len(number) > 18:
-                    raise UpstreamError(
-                        "protocol", "invalid or repeated Content-Length in the request headers"
-                    )
-                declared = int(number)
-                continue
-            if lower == b"transfer-encoding":
-                continue  # the framing is ours to write
-            if lower == b"host":
-                has_host = True
-            parts += (name, b": ", value, b"\r\n")
-            lines += 1
+        line = self.request_line(method, target)
+        block, count, declared, has_host = self._fields(headers)
+        parts = [line, block]
+        lines = 1 + count
         if not has_host:
             authority = self._authorities.get(origin)
             if authority is None:
                 authority = self._authorities[origin] = origin.authority.encode("ascii")
             parts += (b"host: ", authority, b"\r\n")
             lines += 1
+        verb = self._methods[method]
         stream: AsyncIterable[bytes] | None = None
         payload = b""
         if body is None or isinstance(body, bytes | bytearray | memoryview):
@@ -876,15 +984,44 @@ class UpstreamPool:
         parts.append(b"\r\n")
         lines += 1
         head = b"".join(parts)
-        # Each line ends in CRLF and nothing else may hold CR, LF or NUL (RFC 9112 §2.2, §5):
-        # a header value with a line break would smuggle a second request.
-        if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
-            raise UpstreamError("protocol", "a request header holds CR, LF or NUL")
+        _check_lines(head, lines)
         return head, payload, stream, declared
 
     # -- connections --------------------------------------------------------------------------
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
+    def awaiting_head(self, conn: _Connection) -> None:
+        """``conn`` began a start() exchange: it fails with a timeout unless its head comes
+        within ``read_timeout``."""
+        heads = self._heads
+        while heads and not heads[0][2].awaiting(heads[0][1]):  # answered since
+            heads.popleft()
+        deadline = conn.loop.time() + self.read_timeout
+        heads.append((deadline, conn.exchanges, conn))
+        if self._heads_timer is None:
+            self._heads_timer = conn.loop.call_at(deadline, self._heads_due)
+
+    def _heads_due(self) -> None:
+        self._heads_timer = None
+        heads = self._heads
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while heads:
+            deadline, exchange, conn = heads[0]
+            if not conn.awaiting(exchange):
+                heads.popleft()
+            elif deadline > now:
+                self._heads_timer = loop.call_at(deadline, self._heads_due)
+                return
+            else:
+                heads.popleft()
+                conn.fail(
+                    UpstreamError("timeout", f"the upstream did not answer within {self.read_timeout:g} s")
+                )
+
+    def take_idle(self, origin: Origin) -> _Connection | None:
+        """A kept-alive connection to ``origin`` for :meth:`_Connection.start` (the caller
+        then owns the exchange: :meth:`UpstreamResponse.aclose` its response, or ``abort()`` the
+        connection when it failed), or None when none is idle."""
         stack = self._idle.get(origin)
         if not stack:
             return None

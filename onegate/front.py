@@ -18,6 +18,13 @@ itself and calls the same ASGI app, with the same scope, that uvicorn would have
   served here is unambiguous by construction, and every other case keeps uvicorn's handling
   (and its error answers) exactly.
 
+An app may also offer a *fast path* (a ``fast_path`` attribute, :data:`FastPath`): the front then
+hands it each request it serves as a :class:`FrontRequest` — the parsed head, no scope — and the
+app either declines (the request goes the ASGI way as above), answers it whole with
+:meth:`FrontRequest.respond` (the same bytes the ASGI messages ``http.response.start`` and one
+``http.response.body`` would have made), or hands it to an ASGI app in a task after all
+(:meth:`FrontRequest.hand_over`, e.g. for a response to stream).
+
 Requests on one connection are answered one after the other (a pipelined request waits in the
 buffer; reading pauses when the buffer is large). Responses get uvicorn's framing: the app's
 ``Content-Length``, else one computed when the whole body came in the first message, else
@@ -38,7 +45,9 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Message
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["MAX_HEAD", "FrontProtocol", "front_protocol"]
+from core.web.fastpath import FastPath as _FastPath
+
+__all__ = ["MAX_HEAD", "FastPath", "FrontProtocol", "FrontRequest", "front_protocol"]
 
 _log = logging.getLogger("uvicorn.error")
 
@@ -46,9 +55,9 @@ MAX_HEAD = 16 * 1024  # a longer head goes to uvicorn (which answers it as it al
 _READ_HIGH_WATER = 256 * 1024  # pipelined bytes buffered before reading pauses
 
 # The subset of RFC 9112 served here (see the module docstring); anything else goes to uvicorn.
+_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[\x21-\x22\x24-\x7e]*) HTTP/1\.1\r\n")
 _HEAD = re.compile(
-    rb"(GET|HEAD) (/[\x21-\x22\x24-\x7e]*) HTTP/1\.1\r\n"
-    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+    _REQUEST_LINE.pattern + rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
 )
 _REFUSED_FIELDS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\\\[\]={} \t"]')
@@ -61,9 +70,21 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 _EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
 
 
+# The contract (core.web.fastpath): FrontRequest is its FastRequest.
+FastPath = _FastPath
+"""An app's fast path: True when it took the request (it then calls :meth:`FrontRequest.respond`
+and :meth:`FrontRequest.done`, :meth:`FrontRequest.hand_over` or :meth:`FrontRequest.fail`
+exactly once, now or later), False to have it go the ASGI way."""
+
+
 def front_protocol(app: ASGIApp) -> type[FrontProtocol]:
-    """The protocol class to give uvicorn (``Config(http=...)``) for ``app``."""
-    return type("Front", (FrontProtocol,), {"asgi_app": staticmethod(app)})
+    """The protocol class to give uvicorn (``Config(http=...)``) for ``app``, with the app's
+    fast path when it offers one (its ``fast_path`` attribute)."""
+    members: dict[str, Any] = {"asgi_app": staticmethod(app)}
+    fast: FastPath | None = getattr(app, "fast_path", None)
+    if fast is not None:
+        members["fast_path"] = staticmethod(fast)
+    return type("Front", (FrontProtocol,), members)
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -71,6 +92,7 @@ class FrontProtocol(asyncio.Protocol):
     arguments, so that it can hand the connection to uvicorn's own protocol at any point."""
 
     asgi_app: ASGIApp
+    fast_path: FastPath | None = None
 
     def __init__(
         self,
@@ -101,6 +123,9 @@ class FrontProtocol(asyncio.Protocol):
         self._server: tuple[str, int] | None = None
         self._client: tuple[str, int] | None = None
         self._scheme = "http"
+        # The header section of the last request read here, as received, its headers (never
+        # changed: the ASGI path gets a copy) and whether it asked to close.
+        self._last_fields: tuple[bytes, list[tuple[bytes, bytes]], bool] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -162,21 +187,49 @@ class FrontProtocol(asyncio.Protocol):
                 self._hand_off()
             return
         end += 4
-        parsed = self._scope(buffer, end)
-        if parsed is None:
+        request = self._parse(buffer, end)
+        if request is None:
             self._hand_off()
             return
         self._buffer = buffer[end:]
         self._idle_since = None
         self._busy = True
-        task = self._loop.create_task(self._answer(*parsed))
-        tasks = self._server_state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        fast = self.fast_path
+        if fast is not None:
+            try:
+                if fast(request):
+                    return
+            except Exception as e:
+                request.fail(e)
+                return
+        self._run(self.asgi_app, request)
 
-    def _scope(self, buffer: bytes, end: int) -> tuple[dict[str, Any], bool] | None:
-        """The ASGI scope of the head ``buffer[:end]`` and whether the client asked to close
-        after it; None when it is not a head served here."""
+    def _parse(self, buffer: bytes, end: int) -> FrontRequest | None:
+        """The request whose head is ``buffer[:end]``; None when it is not a head served here."""
+        line_end = buffer.find(b"\r\n", 0, end) + 2
+        last = self._last_fields
+        if last is not None and buffer.startswith(last[0], line_end) and line_end + len(last[0]) == end - 2:
+            # The header section the previous request on this connection had, which was read
+            # and accepted then: only the request line is new.
+            match = _REQUEST_LINE.fullmatch(buffer, 0, line_end)
+            if match is None:
+                return None
+            method, target = match.groups()
+            fields, headers, close = last
+        else:
+            parsed = self._parse_head(buffer, end)
+            if parsed is None:
+                return None
+            method, target, fields, headers, close = parsed
+            self._last_fields = (fields, headers, close)
+        raw_path, _, query = target.partition(b"?")
+        return FrontRequest(
+            self, "GET" if method == b"GET" else "HEAD", raw_path, query, headers, close=close, fields=fields
+        )
+
+    def _parse_head(
+        self, buffer: bytes, end: int
+    ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bool] | None:
         match = _HEAD.fullmatch(buffer, 0, end)
         if match is None:
             return None
@@ -201,39 +254,54 @@ class FrontProtocol(asyncio.Protocol):
             headers.append((name, value))
         if hosts != 1:
             return None
-        raw_path, _, query = target.partition(b"?")
+        return method, target, fields, headers, close
+
+    def _scope(self, request: FrontRequest) -> dict[str, Any]:
+        """The ASGI scope of ``request``, as uvicorn would give it."""
+        raw_path = request.raw_path
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
         root = self._root_path
-        scope = {
+        return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": "1.1",
             "server": self._server,
             "client": self._client,
             "scheme": self._scheme,
-            "method": "GET" if method == b"GET" else "HEAD",
+            "method": request.method,
             "root_path": root,
             "path": root + path,
             "raw_path": root.encode("ascii") + raw_path,
-            "query_string": query,
-            "headers": headers,
+            "query_string": request.query,
+            "headers": list(request.headers),  # an app may change its copy
             "state": self._app_state.copy(),
         }
-        return scope, close
 
-    async def _answer(self, scope: dict[str, Any], close: bool) -> None:
-        response = _Response(self, scope)
+    def _run(self, app: ASGIApp, request: FrontRequest) -> None:
+        """Answer ``request`` through the ASGI ``app``, in a task."""
+        task = self._loop.create_task(self._answer(app, self._scope(request), request.close))
+        tasks = self._server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _answer(self, app: ASGIApp, scope: dict[str, Any], close: bool) -> None:
+        response = _Response(self, scope["method"] == "HEAD")
         response.keep_alive = not (close or self._closing)
         failed = False
         try:
-            await self.asgi_app(scope, response.receive, response.send)
+            await app(scope, response.receive, response.send)
         except Exception as e:
             _log.error("Exception in ASGI application", exc_info=e)
             failed = True
         finally:
             self._busy = False
+        self._settle(response, failed)
+
+    def _settle(self, response: _Response, failed: bool) -> None:
+        """The request in hand was answered (or failed): what the connection does next."""
+        self._busy = False
         if failed or not response.complete:  # a 500 if nothing went out yet, else cut it off
             if response.started:
                 self._abort()
@@ -336,10 +404,79 @@ class FrontProtocol(asyncio.Protocol):
             protocol.data_received(data)
 
 
+class FrontRequest:
+    """A body-less request the front parsed, as its app's fast path gets it: ``method`` (GET or
+    HEAD), ``raw_path`` (percent-encoded, without the query), ``query``, ``headers`` (lower-case
+    names, values without surrounding whitespace, in order; exactly one ``host``), ``close``
+    (the client asked to close after it) and ``fields`` (the header section as received: the
+    same bytes give the same ``headers``)."""
+
+    __slots__ = ("_protocol", "_response", "close", "fields", "headers", "method", "query", "raw_path")
+
+    def __init__(
+        self,
+        protocol: FrontProtocol,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        close: bool,
+        fields: bytes = b"",
+    ) -> None:
+        self._protocol = protocol
+        self._response: _Response | None = None
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.close = close
+        self.fields = fields
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._protocol._client
+
+    @property
+    def scheme(self) -> str:
+        return self._protocol._scheme
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, checked: bool) -> None:
+        """Write the whole response: what ``http.response.start`` with ``status`` and ``headers``
+        and one last ``http.response.body`` with ``body`` make on the ASGI path, byte for byte.
+        ``checked``: the header names are tokens and the values hold no control character but
+        HTAB (they come from a parser that admits nothing else), so they are not searched again.
+        Then call :meth:`done`."""
+        protocol = self._protocol
+        response = self._response = _Response(protocol, self.method == "HEAD")
+        response.keep_alive = not (self.close or protocol._closing)
+        response.start(status, headers, checked=checked)
+        response.body(body, False)
+
+    def done(self) -> None:
+        """The request is over (after :meth:`respond`): the connection goes on to the next."""
+        response = self._response
+        if response is not None:
+            self._protocol._settle(response, False)
+
+    def hand_over(self, app: ASGIApp) -> None:
+        """Answer the request through the ASGI ``app`` after all (in a task, with the scope the
+        ASGI path would have had), instead of :meth:`respond`."""
+        self._protocol._run(app, self)
+
+    def fail(self, error: Exception) -> None:
+        """The fast path failed: as an ASGI app raising, a 500 (the connection closed) when
+        nothing was written yet, else the connection cut."""
+        _log.error("Exception in ASGI application", exc_info=error)
+        response = self._response or _Response(self._protocol, self.method == "HEAD")
+        self._protocol._settle(response, True)
+
+
 class _Response:
     """The ASGI ``receive`` / ``send`` pair of one body-less request on a :class:`FrontProtocol`."""
 
     __slots__ = (
+        "_bodied",
         "_body_sent",
         "_chunked",
         "_head",
@@ -353,14 +490,15 @@ class _Response:
         "status",
     )
 
-    def __init__(self, protocol: FrontProtocol, scope: dict[str, Any]) -> None:
+    def __init__(self, protocol: FrontProtocol, method_head: bool) -> None:
         self._protocol = protocol
         self._received = False
         self._head: list[bytes] | None = None
         self._chunked = False
         self._left: int | None = None  # Content-Length still to send
         self._body_sent = False
-        self.method_head = scope["method"] == "HEAD"
+        self._bodied = False  # the response has a body (set by start)
+        self.method_head = method_head
         self.started = False
         self.complete = False
         self.keep_alive = True
@@ -375,23 +513,29 @@ class _Response:
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
-        protocol = self._protocol
         kind = message["type"]
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {kind!r}.")
-            self._start(message)
+            self.start(message["status"], message.get("headers", ()), checked=False)
             return
         if self.complete:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} after the response was complete.")
         if kind != "http.response.body":
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {kind!r}.")
-        body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
+        self.body(message.get("body", b""), more)
+        if more and self._protocol._write_paused:
+            await self._protocol.drain()
+
+    def body(self, body: bytes, more: bool) -> None:
+        """Write a part of the body (the head with the first)."""
+        protocol = self._protocol
+        bodied = self._bodied
         head = self._head
         if head is not None:  # the head waits for the first body: its length may be known now
             self._head = None
-            if self._left is None and not self._chunked and self._has_body():
+            if self._left is None and not self._chunked and bodied:
                 if more:
                     self._chunked = True
                     head.append(b"transfer-encoding: chunked\r\n")
@@ -399,40 +543,39 @@ class _Response:
                     self._left = len(body)
                     head.append(b"content-length: %d\r\n" % len(body))
             head.append(b"\r\n")
-            if self._has_body() and body and not self._chunked:
+            if bodied and body and not self._chunked:
                 head.append(body)
                 self._account(len(body))
                 protocol.write(b"".join(head))
                 body = b""
             else:
                 protocol.write(b"".join(head))
-        if body and self._has_body():
+        if body and bodied:
             if self._chunked:
                 protocol.write(b"%x\r\n%b\r\n" % (len(body), body))
             else:
                 self._account(len(body))
                 protocol.write(body)
         if not more:
-            if self._chunked and self._has_body():
+            if self._chunked and bodied:
                 protocol.write(b"0\r\n\r\n")
-            elif self._left and self._has_body():
+            elif self._left and bodied:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.complete = True
-        elif protocol._write_paused:
-            await protocol.drain()
 
-    def _start(self, message: Message) -> None:
-        status = message["status"]
+    def start(self, status: int, headers: Any, *, checked: bool) -> None:
+        """Begin the response (the head is written with the first body)."""
         line = _STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status
         head = [line]
         for name, value in self._protocol._server_state.default_headers:
             head += (name, b": ", value, b"\r\n")
         close_sent = False
-        for raw_name, value in message.get("headers", ()):
-            if _BAD_NAME.search(raw_name):
-                raise RuntimeError("Invalid HTTP header name.")
-            if _BAD_VALUE.search(value):
-                raise RuntimeError("Invalid HTTP header value.")
+        for raw_name, value in headers:
+            if not checked:
+                if _BAD_NAME.search(raw_name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if _BAD_VALUE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
             name = raw_name.lower()
             if name == b"content-length" and self._left is None and not self._chunked:
                 self._left = int(value)
@@ -446,10 +589,8 @@ class _Response:
             head.append(b"connection: close\r\n")
         self.status = status
         self.started = True
+        self._bodied = not self.method_head and status not in _NO_BODY_STATUS and status >= 200
         self._head = head
-
-    def _has_body(self) -> bool:
-        return not self.method_head and self.status not in _NO_BODY_STATUS and self.status >= 200
 
     def _account(self, size: int) -> None:
         if self._left is not None:

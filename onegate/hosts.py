@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from core.web.fastpath import FastPath, FastRequest
 
 __all__ = ["HostRouter", "host_label"]
 
@@ -35,6 +39,16 @@ class HostRouter:
         self._apps = dict(apps)
         self._default = default
         self._lifespan = lifespan
+        self._default_fast: FastPath | None = getattr(default, "fast_path", None)
+        # Offered to the HTTP front (onegate/front.py) when the default app offers one.
+        self.fast_path: FastPath | None = self._fast_path if self._default_fast is not None else None
+
+    def _fast_path(self, request: FastRequest) -> bool:
+        """The default app's fast path, for the requests routed to it."""
+        fast = self._default_fast
+        if fast is None or (self._apps and host_label({"headers": request.headers}) in self._apps):
+            return False
+        return fast(request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

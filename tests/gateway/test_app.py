@@ -41,12 +41,12 @@ ROUTE = Route(app="hr", hosts=("hr.example.gov",), origin=Origin.parse("http://1
 
 
 def _access(session: GatewaySession | None, kind: str = "http") -> _Access:
-    scope = {"type": kind, "method": "POST", "headers": [(b"user-agent", b"Mozilla/5.0")]}
     decision = Decision(Effect.ALLOW, Reason.ALLOWED, ("hr-staff",))
     verdict = Verdict(
         "abcd", "10.1.2.3", route=ROUTE, session=session, decision=decision, path="/people", risk=10
     )
-    access = _Access(scope, verdict, time.perf_counter())
+    headers = [(b"user-agent", b"Mozilla/5.0")]
+    access = _Access(verdict, time.perf_counter(), "POST", headers, kind == "websocket")
     access.status, access.bytes = 201, 512
     return access
 

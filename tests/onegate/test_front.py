@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from onegate.front import MAX_HEAD, FrontProtocol, front_protocol
+from onegate.front import MAX_HEAD, FrontProtocol, FrontRequest, front_protocol
 
 Scope = dict[str, Any]
 
@@ -347,3 +347,147 @@ async def test_shutdown_lets_the_response_in_hand_finish(server: Any) -> None:
         connection.shutdown()
     assert await asyncio.wait_for(reader.read(), 5) != b"HTTP"  # the rest of the body, then EOF
     writer.close()
+
+
+# -- an app's fast path ----------------------------------------------------------------------------
+
+# What the fast path below answers itself, by path: the same status, headers and body that the
+# ASGI app `shaped` sends for the same path.
+SHAPES: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
+    "/fast/plain": (200, [(b"x-seen", b"yes"), (b"content-type", b"text/plain")], b"hello"),
+    "/fast/length": (200, [(b"content-length", b"5")], b"hello"),
+    "/fast/empty": (204, [(b"x-a", b"1")], b""),
+    "/fast/moved": (302, [(b"location", b"/elsewhere"), (b"content-length", b"0")], b""),
+    "/fast/missing": (404, [], b"not here"),
+    "/fast/teapot": (418, [(b"X-Mixed-Case", b"v")], b"short and stout"),
+}
+
+
+async def shaped(scope: Scope, receive: Any, send: Any) -> None:
+    """The ASGI app: a shape of SHAPES (under ``/hand`` too), or the echo app for the rest."""
+    shape = SHAPES.get(scope["path"].removeprefix("/hand"))
+    if shape is None:
+        await app(scope, receive, send)
+        return
+    status, headers, body = shape
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Fast:
+    """``shaped`` with a fast path: SHAPES answered by ``respond``, ``/hand/...`` handed to the
+    ASGI app, ``/raise`` failing, anything else declined."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes, bool]] = []
+
+    def fast_path(self, request: FrontRequest) -> bool:
+        path = request.raw_path.decode()
+        self.seen.append((request.method, request.raw_path, request.close))
+        if path == "/raise":
+            raise RuntimeError("the fast path failed")
+        if path.startswith("/hand/"):
+            request.hand_over(self._hand)
+            return True
+        shape = SHAPES.get(path)
+        if shape is None:
+            return False
+        status, headers, body = shape
+        request.respond(status, headers, body, checked=False)
+        request.done()
+        return True
+
+    async def _hand(self, scope: Scope, receive: Any, send: Any) -> None:
+        await shaped(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await shaped(scope, receive, send)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Fast, int, int]]:
+    """A server whose app has the fast path, and one serving the same app without it."""
+    fast = Fast()
+    servers, tasks, ports = [], [], []
+    for served in (fast, shaped):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        ports.append(sock.getsockname()[1])
+        config = uvicorn.Config(served, http=front_protocol(served), lifespan="off", log_config=None)
+        servers.append(uvicorn.Server(config))
+        tasks.append(await started(servers[-1], sock))
+    try:
+        yield fast, ports[0], ports[1]
+    finally:
+        for one in servers:
+            one.should_exit = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
+async def _heads(port: int, data: bytes, responses: int) -> bytes:
+    """The answers to HEAD requests: ``responses`` heads, or what came before the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    out = b""
+    try:
+        async with asyncio.timeout(5):
+            while out.count(b"\r\n\r\n") < responses:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        writer.close()
+    return out
+
+
+def _no_date(data: bytes) -> bytes:
+    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"date:"))
+
+
+@pytest.mark.parametrize("path", [*SHAPES, "/hand/fast/plain", "/hand/fast/empty", "/echo?q=1"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("close", [b"", b"Connection: close\r\n"])
+async def test_the_fast_path_answers_byte_for_byte_as_the_asgi_path(
+    pair: tuple[Fast, int, int], path: str, method: bytes, close: bytes
+) -> None:
+    fast, fast_port, plain_port = pair
+    head = method + b" " + path.encode() + b" HTTP/1.1\r\nHost: a\r\nX-Thing: v\r\n" + close + b"\r\n"
+    requests = head * (1 if close else 3)  # kept alive: three in a row, pipelined
+    responses = 1 if close else 3
+    if method == b"HEAD":  # heads alone: no framing to read to
+        ours = await _heads(fast_port, requests, responses)
+        theirs = await _heads(plain_port, requests, responses)
+    else:
+        ours = await exchange(fast_port, requests, until=responses)
+        theirs = await exchange(plain_port, requests, until=responses)
+    assert _no_date(ours) == _no_date(theirs)
+    assert ours.count(b"HTTP/1.1 ") == responses
+    assert fast.seen[-1] == (method.decode(), path.split("?", maxsplit=1)[0].encode(), bool(close))
+
+
+async def test_a_failing_fast_path_is_a_500_and_a_closed_connection(pair: tuple[Fast, int, int]) -> None:
+    _, fast_port, _ = pair
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast_port)
+    writer.write(b"GET /raise HTTP/1.1\r\nHost: a\r\n\r\n")
+    out = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"connection: close" in out
+
+
+async def test_a_repeated_header_section_is_read_again_with_its_new_request_line(
+    pair: tuple[Fast, int, int],
+) -> None:
+    """The header section of the previous request is reused only under a request line of the
+    subset; anything else on the same connection still goes to uvicorn."""
+    fast, fast_port, plain_port = pair
+    fields = b"Host: a\r\nX-Thing: v\r\n\r\n"
+    data = b"GET /fast/plain HTTP/1.1\r\n" + fields + b"GET /fast/length?x HTTP/1.1\r\n" + fields
+    ours = await exchange(fast_port, data, until=2)
+    assert _no_date(ours) == _no_date(await exchange(plain_port, data, until=2))
+    assert fast.seen[-2:] == [("GET", b"/fast/plain", False), ("GET", b"/fast/length", False)]
+    data = b"GET /fast/plain HTTP/1.1\r\n" + fields + b"DELETE /fast/plain HTTP/1.1\r\n" + fields
+    ours = await exchange(fast_port, data, until=2)
+    assert _no_date(ours) == _no_date(await exchange(plain_port, data, until=2))
+    assert fast.seen[-1] == ("GET", b"/fast/plain", False)  # DELETE went to uvicorn
