@@ -85,10 +85,20 @@ class AddressBlocks:
 
     # -- the request path ------------------------------------------------------------------------
 
+    def cached(self, address: str | None) -> Block | bool | None:
+        """:meth:`check` from the list as last read, without waiting: the block, or False when
+        none covers the address; True when the list is due a read (then call :meth:`check`)."""
+        if self._monotonic() - self._read_at >= CACHE_SECONDS:
+            return True
+        return self._lookup(address) or False
+
     async def check(self, address: str | None) -> Block | None:
         """The block that covers ``address`` now, or None."""
         if self._monotonic() - self._read_at >= CACHE_SECONDS:
             await self._reads.run(_KEY, self._refresh)
+        return self._lookup(address)
+
+    def _lookup(self, address: str | None) -> Block | None:
         if not self._ranges or not address:
             return None
         try:

@@ -37,6 +37,7 @@ from core.net import TrustedProxies
 from core.web import create_web_app
 from gateway.app import Gateway, GatewayOptions, PageInfo
 from gateway.assertion import AssertionIssuer
+from gateway.blocks import AddressBlocks
 from gateway.endpoints import ControlContext, control_routes, page
 from gateway.oidc import OidcClient
 from gateway.risk import RiskScores
@@ -283,6 +284,7 @@ def build_gateway_app(
         pool=pool_for,
         assertions=assertions,
         risk=RiskScores(runtime.kv),
+        blocks=AddressBlocks(runtime.kv),
         events=runtime.bus,
         fallback=fallback,
         options=gateway_options,

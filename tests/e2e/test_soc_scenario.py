@@ -1,11 +1,13 @@
 """The SOC against a scripted attack (issue 7, acceptance 1), on one real ``onegate serve --role
 all`` process: the IdP, the gateway and the SOC, with HR behind the gateway.
 
-From one address an attacker sprays ten existing accounts, brute-forces 王芳's, signs in as her
+From one address (203.0.113.66, reaching the server through a trusted proxy that says so in
+X-Forwarded-For) an attacker sprays ten existing accounts, brute-forces 王芳's, signs in as her
 through HR, then pulls page after page. The SOC raises the expected alerts from the real IdP and
-gateway events and links them into one incident; the analyst's "revoke sessions" response, sent
-through the SOC API, makes the attacker's very next request through the gateway go back to the
-sign-in page.
+gateway events and links them into one incident (STORIES.md, "A day", step 4). The analyst's
+"revoke sessions" response, sent through the SOC API, makes the attacker's very next request go
+back to the sign-in page; "block address" then has the gateway refuse the address outright,
+while everyone else still gets through.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ apps:
     rules:
       - {id: hr-staff, effect: allow, subjects: {departments: [hrss]}}
 """
+ATTACKER = "203.0.113.66"
 EXPECTED = {
     "onegate.password-spraying",
     "onegate.brute-force",
@@ -53,6 +56,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
         "ONEGATE_IDP__LOCKOUT_THRESHOLD": "25",
         # "Mass download" after twenty pages, so the test stays short.
         "ONEGATE_SOC__RULE_PARAMS": json.dumps({"onegate.mass-download": {"requests": 20}}),
+        # The test's requests come from loopback: loopback is the proxy that names the client.
+        "ONEGATE_SERVER__TRUSTED_PROXIES": json.dumps(["127.0.0.1/32"]),
     }
     with UpstreamServer() as hr:
         server = GatewayStack(root, {"hr": ("hr", hr.url)}, policy=POLICY, settings=settings).start()
@@ -74,9 +79,15 @@ def _staff(stack: GatewayStack, tmp: Path) -> list[str]:
     return names
 
 
+def _attacker(stack: GatewayStack) -> Browser:
+    """A browser whose requests reach the server as from the attacker's address."""
+    browser = stack.browser()
+    browser.http.headers["X-Forwarded-For"] = ATTACKER
+    return browser
+
+
 def _fail_sign_in(stack: GatewayStack, username: str) -> None:
-    forms = Browser()
-    forms.http.mount("http://", LoopbackAdapter())
+    forms = _attacker(stack)
     try:
         forms.get(stack.url("/login"))
         page = forms.submit(forms.form("password"), {"username": username, "password": "Spring2026!"})
@@ -115,7 +126,9 @@ def test_a_scripted_attack_becomes_one_incident_and_revoking_sessions_stops_the_
         _fail_sign_in(stack, name)
     for _ in range(10):  # brute force on one account
         _fail_sign_in(stack, "wangfang")
-    attacker, page = stack.sign_in("hr", wangfang)  # then it works
+    attacker = _attacker(stack)  # then it works
+    page = attacker.get(stack.app_url("hr", "/"))
+    page = attacker.submit(attacker.form("password"), {"username": "wangfang", "password": wangfang.password})
     assert page.status_code == 200 and urlsplit(page.url).hostname == "hr.localhost"
     for n in range(20):  # and the attacker pulls page after page
         assert attacker.get(stack.app_url("hr", f"/records/{n}")).status_code == 200
@@ -137,6 +150,7 @@ def test_a_scripted_attack_becomes_one_incident_and_revoking_sessions_stops_the_
     incident = detail["incident"]
     assert incident["severity"] == "critical"
     assert "user.name=wangfang" in incident["entities"]
+    assert f"source.ip={ATTACKER}" in incident["entities"]
     assert {alert["rule"]["id"] for alert in detail["alerts"]} >= EXPECTED
 
     done = api.post(
@@ -154,3 +168,15 @@ def test_a_scripted_attack_becomes_one_incident_and_revoking_sessions_stops_the_
     after = attacker.get(stack.app_url("hr", "/records/21"))
     assert urlsplit(after.url).hostname == "idp.localhost", after.url
     assert api.get(f"/incidents/{incident_id}")["incident"]["responded_at"] is not None
+
+    blocked = api.post(
+        "/responses",
+        {"action": "block-address", "target": ATTACKER, "incident_id": incident_id, "reason": "spraying"},
+    )
+    assert blocked["status"] == "done", blocked
+    time.sleep(1.1)  # every gateway process rereads the blocked addresses within a second
+    refused = attacker.get(stack.app_url("hr", "/records/22"))
+    assert refused.status_code == 403 and "安全运营中心封禁" in refused.text
+    assert urlsplit(refused.url).hostname == "hr.localhost"  # refused at the gateway: no sign-in offered
+    bystander = stack.browser().get(stack.app_url("hr", "/"))
+    assert urlsplit(bystander.url).hostname == "idp.localhost"  # others are asked to sign in as usual
