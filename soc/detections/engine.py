@@ -91,6 +91,14 @@ class Context:
         """The rule's summing window ``name`` for ``key``: add ``amount``, the sum over the span."""
         return await self.kv.window_sum(self._key(name, key), amount, at=at, span=span)
 
+    async def evidence(
+        self, name: str, key: str, completing: str, *, at: float, span: float, limit: int = 50
+    ) -> tuple[str, ...]:
+        """The event ids of the rule's window ``name`` for ``key`` (a window whose members are
+        event ids), oldest first, ``completing`` last: what the alert lists as its evidence."""
+        members = await self.kv.window_members(self._key(name, key), at=at, span=span, limit=limit)
+        return (*(m for m in members if m != completing), completing)
+
     async def window_of(self, rule_id: str, name: str, key: str, *, at: float, span: float) -> WindowCount:
         """Read (without adding) another rule's window: "success after an attack" reads the
         windows of the attack rules."""

@@ -26,9 +26,13 @@ async def kv(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) 
 async def test_brute_force_fires_on_the_tenth_failure_within_five_minutes(kv: KV) -> None:
     lab = Lab([auth.BruteForce()], kv=kv)
     ips = ["198.51.100.1", "198.51.100.2", ATTACKER]
-    for i in range(9):
-        assert await lab.feed(login("zhangwei", ok=False, ip=ips[i % 3], t=i * 20)) == []
-    [signal] = await lab.feed(login("ZhangWei", ok=False, ip=ATTACKER, t=200))
+    attempts = [login("zhangwei", ok=False, ip=ips[i % 3], t=i * 20) for i in range(9)]
+    for attempt in attempts:
+        assert await lab.feed(attempt) == []
+    last = login("ZhangWei", ok=False, ip=ATTACKER, t=200)
+    [signal] = await lab.feed(last)
+    # The evidence: every failure of the window, oldest first, the completing one last.
+    assert signal.events == (*(a.id for a in attempts), last.id)
     assert signal.rule.id == "onegate.brute-force"
     assert signal.entity["user.name"] == "ZhangWei"
     assert signal.values["failures"] == 10
@@ -72,8 +76,11 @@ async def test_the_same_events_twice_count_once(kv: KV) -> None:
 
 async def test_success_after_five_failures_fires() -> None:
     lab = Lab([auth.FailuresThenSuccess()])
-    await lab.feed(*(login("wangfang", ok=False, t=i * 30) for i in range(5)))
-    [signal] = await lab.feed(login("wangfang", ok=True, t=200))
+    failures = [login("wangfang", ok=False, t=i * 30) for i in range(5)]
+    await lab.feed(*failures)
+    success = login("wangfang", ok=True, t=200)
+    [signal] = await lab.feed(success)
+    assert signal.events == (*(f.id for f in failures), success.id)
     assert signal.rule.id == "onegate.failures-then-success"
     assert signal.entity["session.id"] == "s-wangfang"
     assert signal.values["failures"] == 5

@@ -227,7 +227,7 @@ class MassDownload:
             self.info,
             at,
             _entity(doc, "user.name", "source.ip", "onegate.app"),
-            (event_id(doc),),
+            await ctx.evidence("requests", key, event_id(doc), at=at, span=requests_span),
             reason,
             {
                 "bytes": total,
@@ -284,7 +284,7 @@ class AccessDeniedSpike:
             self.info,
             at,
             entity,
-            (event_id(doc),),
+            await ctx.evidence("denials", source, event_id(doc), at=at, span=span),
             Text(
                 f"{denials.count} requests from {source} denied within {minutes} min",
                 f"来源 {source} 在 {minutes} 分钟内被拒绝访问 {denials.count} 次",

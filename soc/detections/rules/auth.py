@@ -74,7 +74,7 @@ class BruteForce:
             self.info,
             at,
             _entity(doc, "user.name", "source.ip"),
-            (event_id(doc),),
+            await ctx.evidence("failures", user.lower(), event_id(doc), at=at, span=span),
             Text(
                 f"{failures.count} failed sign-ins for {user} within {minutes} min",
                 f"账号 {user} 在 {minutes} 分钟内登录失败 {failures.count} 次",
@@ -122,7 +122,7 @@ class FailuresThenSuccess:
             self.info,
             at,
             _entity(doc, "user.name", "source.ip", "session.id"),
-            (event_id(doc),),
+            await ctx.evidence("failures", user.lower(), event_id(doc), at=at, span=span),
             Text(
                 f"{user} signed in after {failures.count} failures within {minutes} min",
                 f"账号 {user} 在 {minutes} 分钟内失败 {failures.count} 次后登录成功",
@@ -396,7 +396,7 @@ class MfaFatigue:
             self.info,
             at,
             _entity(doc, "user.id", "user.name", "source.ip"),
-            (event_id(doc),),
+            await ctx.evidence("failures", user, event_id(doc), at=at, span=span),
             Text(
                 f"{failures.count} second-factor failures for {who} within {minutes} min",
                 f"账号 {who} 在 {minutes} 分钟内第二重验证失败 {failures.count} 次",
