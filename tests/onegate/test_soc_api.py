@@ -168,8 +168,8 @@ async def until(check: Any, timeout: float = 10.0) -> None:
 
 async def brute_force(api: Api, username: str = "wangfang") -> Alert:
     """Seven failed sign-ins of ``username`` from the attacker's address, on the bus: the
-    brute-force rule (threshold 5 here) raises an alert at the fifth, and the next two join it
-    (each signal names its completing event: three events of evidence); all are in the store."""
+    brute-force rule (threshold 5 here) raises an alert at the fifth with the five as evidence,
+    and the next two join it: seven events of evidence; all are in the store."""
     for _ in range(7):
         api.runtime.bus.emit(
             auth_event(
@@ -179,7 +179,7 @@ async def brute_force(api: Api, username: str = "wangfang") -> Alert:
 
     async def alerted() -> bool:
         page = await api.soc.alerts.list(rule_id="onegate.brute-force")
-        return page.total == 1 and page.alerts[0].event_count == 3
+        return page.total == 1 and page.alerts[0].event_count == 7
 
     await until(alerted)
     assert await api.soc.ingest.drain(10)
@@ -403,12 +403,12 @@ async def test_evidence_incident_timeline_and_a_response(api: Api) -> None:
     await api.runtime.directory.add_user(username="wangfang", display_name="王芳", password_hash=None)
     alert = await brute_force(api)
     evidence = await api.get(f"/alerts/{alert.id}/evidence")
-    assert evidence["total"] == 3 and evidence["missing"] == []
+    assert evidence["total"] == 7 and evidence["missing"] == []
     assert [e["event.id"] for e in evidence["events"]] == evidence["event_ids"]
     assert {e["event.action"] for e in evidence["events"]} == {"user-login"}
     assert {e["user.name"] for e in evidence["events"]} == {"wangfang"}
     paged = await api.get(f"/alerts/{alert.id}/evidence", offset=1, limit=10)
-    assert paged["event_ids"] == evidence["event_ids"][1:] and len(paged["events"]) == 2
+    assert paged["event_ids"] == evidence["event_ids"][1:] and len(paged["events"]) == 6
 
     [incident] = (await api.get("/incidents"))["incidents"]
     assert incident["id"] == alert.incident_id and incident["alert_count"] == 1
@@ -446,7 +446,7 @@ async def test_evidence_incident_timeline_and_a_response(api: Api) -> None:
     )
     assert [a["id"] for a in body["alerts"]] == [alert.id] and body["timeline_truncated"] is False
     kinds = [entry["kind"] for entry in body["timeline"]]
-    assert kinds.count("event") == 3 and kinds.count("alert") == 1 and kinds.count("response") == 1
+    assert kinds.count("event") == 7 and kinds.count("alert") == 1 and kinds.count("response") == 1
     assert "incident-change" in kinds
     moments = [datetime.fromisoformat(entry["at"].replace("Z", "+00:00")) for entry in body["timeline"]]
     assert moments == sorted(moments)
