@@ -374,6 +374,10 @@ class EventBus:
         self._running = False
         self.emitted = 0
 
+    def set_on_failure(self, handler: Callable[[str, Event, BaseException], None] | None) -> None:
+        """Where events go that a subscriber could not take after its retry (a durable fallback)."""
+        self._on_failure = handler
+
     def subscribe(self, name: str, handler: Handler) -> None:
         """Deliver every later event to ``handler`` (register before ``start``)."""
         self._add(_Subscriber(name, handler, self._queue_size))

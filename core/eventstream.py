@@ -17,7 +17,9 @@ may be away.
 
 Where events go when Redis is down: :meth:`StreamPublisher.publish` raises
 :class:`StreamUnavailable`; the bus retries the batch once and then hands every event of it to
-its ``on_failure`` callback (or logs each as undeliverable) — nothing is dropped without a trace.
+its ``on_failure`` callback, which the role processes point at a :class:`FallbackFile` (one JSON
+line per event, flushed to disk); :meth:`FallbackFile.replay` publishes the file once Redis is
+back — nothing is dropped.
 A batch that failed half-way may be partly on the stream already; the retry adds those entries
 again, and the SOC stores each ``event.id`` once. Redis itself keeps an acknowledged entry
 across its own crash only with ``appendonly yes`` (``appendfsync always`` for every write;
@@ -27,7 +29,9 @@ across its own crash only with ``appendonly yes`` (``appendfsync always`` for ev
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,7 +42,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.events import Event
 from core.kv.interfaces import KVError, KVUnavailable
 
-__all__ = ["DEFAULT_MAXLEN", "DEFAULT_STREAM", "FIELD", "StreamError", "StreamPublisher", "StreamUnavailable"]
+__all__ = [
+    "DEFAULT_MAXLEN",
+    "DEFAULT_STREAM",
+    "FIELD",
+    "FallbackFile",
+    "StreamError",
+    "StreamPublisher",
+    "StreamUnavailable",
+]
 
 DEFAULT_STREAM = "onegate:events"
 DEFAULT_MAXLEN = 1_000_000
@@ -143,3 +155,56 @@ class StreamPublisher:
     async def close(self) -> None:
         if self._owned:
             await self._client.aclose()
+
+
+class FallbackFile:
+    """Events a publisher could not hand to Redis, kept on disk until it can.
+
+    :meth:`keep` appends the event's flat JSON as one line and flushes it to disk (an outage is
+    rare; durability matters more than speed then). :meth:`replay` publishes what the file
+    holds and removes it: the file is first renamed, so events kept during a replay start a new
+    file, and a replay cut short by a crash is published again at the next one (the SOC stores
+    each ``event.id`` once)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._replaying = self.path.with_name(self.path.name + ".replaying")
+        self.kept = 0
+
+    def keep(self, event: Event) -> None:
+        line = encode(event.flat()) + b"\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as out:
+            if out.tell():  # after a line cut short by a crash, start a new one
+                out.seek(-1, os.SEEK_END)
+                if out.read(1) != b"\n":
+                    out.write(b"\n")
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        self.kept += 1
+
+    @property
+    def pending(self) -> bool:
+        return self.path.exists() or self._replaying.exists()
+
+    async def replay(self, publisher: StreamPublisher, *, batch: int = 500) -> int:
+        """Publish the kept events, oldest first; how many. Raises what the publisher raises
+        (what is not published stays for the next attempt)."""
+        published = 0
+        while self.pending:
+            if not self._replaying.exists():
+                os.replace(self.path, self._replaying)
+            documents: list[dict[str, Any]] = []
+            with self._replaying.open("rb") as lines:
+                for line in lines:
+                    if line.strip():
+                        try:
+                            documents.append(json.loads(line))
+                        except ValueError:
+                            continue  # a line cut by a crash while being kept: nothing to publish
+            for start in range(0, len(documents), batch):
+                await publisher.publish_documents(documents[start : start + batch])
+            self._replaying.unlink()
+            published += len(documents)
+        return published

@@ -96,6 +96,7 @@ def soc_role_app(runtime: Runtime, soc: Soc) -> Starlette:
 
 
 BULK_PATH = "/ingest/v1/bulk"
+FALLBACK_RETRY_SECONDS = 5.0
 
 
 def _event_stream(
@@ -106,14 +107,40 @@ def _event_stream(
     settings = runtime.settings
     if settings.soc.transport != "redis":
         return [], []
-    from core.eventstream import StreamPublisher
+    import asyncio
+    import contextlib
+
+    from core.eventstream import FallbackFile, StreamPublisher
 
     publisher = StreamPublisher(settings.kv.url, prefix=settings.kv.prefix)
+    # Events Redis could not take wait on disk and go out when it is back (no event is lost).
+    fallback = FallbackFile(Path(settings.data_dir) / "events-undelivered.ndjson")
+    tasks: list[asyncio.Task[None]] = []
+
+    def keep(subscriber: str, event: Any, error: BaseException) -> None:
+        if subscriber == "soc-stream":
+            fallback.keep(event)
+
+    async def replay_when_back() -> None:
+        while True:
+            await asyncio.sleep(FALLBACK_RETRY_SECONDS)
+            if fallback.pending:
+                with contextlib.suppress(Exception):  # still away: the next round tries again
+                    await fallback.replay(publisher)
 
     async def start() -> None:
+        runtime.bus.set_on_failure(keep)
         runtime.bus.subscribe_batch("soc-stream", publisher.publish)
+        tasks.append(asyncio.create_task(replay_when_back(), name="events:fallback"))
 
-    return [start], [publisher.close]
+    async def close() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await publisher.close()
+
+    return [start], [close]
 
 
 class _Lifespan:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from core.events import Category, Event, EventBus, Outcome
-from core.eventstream import StreamPublisher, StreamUnavailable
+from core.eventstream import FallbackFile, StreamPublisher, StreamUnavailable
 from core.kv import KVUnavailable
+from tests.redis_server import PrivateRedis
 
 
 def access(i: int) -> Event:
@@ -95,3 +97,38 @@ async def test_redis_away_is_a_clear_error_and_the_bus_keeps_the_events() -> Non
 def test_maxlen_must_be_positive(redis_url: str) -> None:
     with pytest.raises(ValueError, match="maxlen"):
         StreamPublisher(redis_url, maxlen=0)
+
+
+async def test_events_redis_could_not_take_wait_on_disk_and_go_out_when_it_is_back(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    server.start()
+    server.stop()  # Redis away from the start
+    publisher = StreamPublisher(server.url, connect_timeout=0.3)
+    fallback = FallbackFile(tmp_path / "data" / "events-undelivered.ndjson")
+    bus = EventBus(on_failure=lambda _name, event, _error: fallback.keep(event))
+    bus.subscribe_batch("soc-stream", publisher.publish)
+    await bus.start()
+    sent = [access(i) for i in range(3)]
+    for event in sent:
+        bus.emit(event)
+    await bus.stop()
+    assert fallback.kept == 3 and fallback.pending
+    with pytest.raises(StreamUnavailable):
+        await fallback.replay(publisher)  # still away: the events stay
+    with fallback.path.open("ab") as out:  # and one more, cut short by a crash while kept
+        out.write(b'{"event.id": "torn')
+    late = access(3)
+    fallback.keep(late)  # kept after the torn line: on a line of its own
+    server.start()
+    try:
+        assert await fallback.replay(publisher) == 4
+        assert not fallback.pending and await fallback.replay(publisher) == 0
+        client = aioredis.Redis.from_url(server.url)
+        entries = await client.xrange(publisher.key)
+        published = [json.loads(fields[b"event"])["event.id"] for _, fields in entries]
+        assert published == [e.id for e in [*sent, late]]
+        await client.aclose()
+    finally:
+        await publisher.close()
+        server.stop()
