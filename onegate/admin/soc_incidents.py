@@ -28,7 +28,7 @@ from typing import Any
 from starlette.responses import Response
 
 from core.eventstore import EventStore
-from onegate.admin.api import ApiError, ApiRequest, Endpoint, json_response
+from onegate.admin.api import ApiRequest, Endpoint, json_response
 from onegate.admin.soc_alerts import fetch_events
 from onegate.admin.soc_common import (
     IF_MATCH,
@@ -175,20 +175,6 @@ class IncidentEndpoints:
 
         return change
 
-    async def _check_version(self, incident_id: str, expected: int | None) -> None:
-        """``If-Match`` for the changes whose store method takes no expected version: compared
-        just before the change (the store's ``set_status`` compares in its transaction)."""
-        if expected is None:
-            return
-        current = await self._incidents.get(incident_id)
-        if current.version != expected:
-            raise ApiError(
-                412,
-                "version_conflict",
-                f"the incident changed (version {current.version}, not {expected}); reload it",
-                f"事件已被修改（当前版本 {current.version}，而非 {expected}），请刷新后重试",
-            )
-
     async def _status(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         status = body.text("status", required=True, max_length=16) or ""
         if status not in _SETTABLE:
@@ -202,34 +188,29 @@ class IncidentEndpoints:
     async def _assign(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         assignee = body.username("assignee")
         body.done()
-        await self._check_version(incident_id, expected)
-        return await self._incidents.assign(incident_id, assignee, actor=actor)
+        return await self._incidents.assign(incident_id, assignee, actor=actor, expected_version=expected)
 
     async def _comment(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         text = body.text("text", required=True) or ""
         body.done()
-        await self._check_version(incident_id, expected)
-        return await self._incidents.comment(incident_id, text, actor=actor)
+        return await self._incidents.comment(incident_id, text, actor=actor, expected_version=expected)
 
     async def _link(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         alert_id = body.text("alert_id", required=True, max_length=64) or ""
         body.done()
-        await self._check_version(incident_id, expected)
-        return await self._incidents.link(incident_id, alert_id, actor=actor)
+        return await self._incidents.link(incident_id, alert_id, actor=actor, expected_version=expected)
 
     async def _unlink(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         alert_id = body.text("alert_id", required=True, max_length=64) or ""
         body.done()
-        await self._check_version(incident_id, expected)
-        return await self._incidents.unlink(incident_id, alert_id, actor=actor)
+        return await self._incidents.unlink(incident_id, alert_id, actor=actor, expected_version=expected)
 
     async def _merge(self, incident_id: str, body: Body, actor: str, expected: int | None) -> Incident:
         others = body.strings("incidents", max_items=_MAX_MERGE, max_length=64)
         if not others:
             raise invalid("incidents", "the ids of the incidents to fold in", "须列出要合并进来的事件编号")
         body.done()
-        await self._check_version(incident_id, expected)
-        return await self._incidents.merge(incident_id, others, actor=actor)
+        return await self._incidents.merge(incident_id, others, actor=actor, expected_version=expected)
 
 
 # -- the OpenAPI description ---------------------------------------------------------------------

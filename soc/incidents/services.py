@@ -429,15 +429,19 @@ class IncidentStore:
 
         return await self._change(incident_id, actor, expected_version, work)
 
-    async def assign(self, incident_id: str, assignee: str | None, *, actor: str) -> Incident:
+    async def assign(
+        self, incident_id: str, assignee: str | None, *, actor: str, expected_version: int | None = None
+    ) -> Incident:
         async def work(s: AsyncSession, row: IncidentRecord) -> str:
             row.assignee = assignee
             self._history(s, row, "assigned", actor, note=assignee)
             return "assigned"
 
-        return await self._change(incident_id, actor, None, work)
+        return await self._change(incident_id, actor, expected_version, work)
 
-    async def comment(self, incident_id: str, text: str, *, actor: str) -> Incident:
+    async def comment(
+        self, incident_id: str, text: str, *, actor: str, expected_version: int | None = None
+    ) -> Incident:
         if not 1 <= len(text.strip()) <= 4000:
             raise IncidentError(
                 "invalid_comment",
@@ -450,7 +454,7 @@ class IncidentStore:
             self._history(s, row, "commented", actor, note=text.strip())
             return "commented"
 
-        return await self._change(incident_id, actor, None, work)
+        return await self._change(incident_id, actor, expected_version, work)
 
     async def responded(self, incident_id: str, *, actor: str, note: str) -> Incident:
         """A response action was run for the incident (the first one sets ``responded_at``)."""
@@ -463,7 +467,9 @@ class IncidentStore:
 
         return await self._change(incident_id, actor, None, work)
 
-    async def link(self, incident_id: str, alert_id: str, *, actor: str) -> Incident:
+    async def link(
+        self, incident_id: str, alert_id: str, *, actor: str, expected_version: int | None = None
+    ) -> Incident:
         """Move an alert into this incident (from the one it was in, if any)."""
 
         async def work(s: AsyncSession, row: IncidentRecord) -> str:
@@ -493,9 +499,11 @@ class IncidentStore:
             self._history(s, row, "alert-linked", actor, alert_id=alert_id)
             return "alert-linked"
 
-        return await self._change(incident_id, actor, None, work)
+        return await self._change(incident_id, actor, expected_version, work)
 
-    async def unlink(self, incident_id: str, alert_id: str, *, actor: str) -> Incident:
+    async def unlink(
+        self, incident_id: str, alert_id: str, *, actor: str, expected_version: int | None = None
+    ) -> Incident:
         async def work(s: AsyncSession, row: IncidentRecord) -> str:
             alert = await s.get(AlertRecord, alert_id)
             if alert is None or alert.incident_id != row.id:
@@ -509,9 +517,11 @@ class IncidentStore:
             self._history(s, row, "alert-unlinked", actor, alert_id=alert_id)
             return "alert-unlinked"
 
-        return await self._change(incident_id, actor, None, work)
+        return await self._change(incident_id, actor, expected_version, work)
 
-    async def merge(self, into: str, others: Iterable[str], *, actor: str) -> Incident:
+    async def merge(
+        self, into: str, others: Iterable[str], *, actor: str, expected_version: int | None = None
+    ) -> Incident:
         """Fold ``others`` into ``into``: their alerts and entities move, they become ``merged``."""
         sources = [o for o in dict.fromkeys(others) if o != into]
         if not sources:
@@ -553,7 +563,7 @@ class IncidentStore:
                 self._history(s, row, "merged", actor, note=source_id)
             return "merged"
 
-        return await self._change(into, actor, None, work)
+        return await self._change(into, actor, expected_version, work)
 
     async def counts(self) -> dict[str, int]:
         """Real incidents per status."""

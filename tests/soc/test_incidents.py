@@ -146,7 +146,10 @@ async def test_statuses_history_and_the_time_figures(engine: AsyncEngine) -> Non
     with pytest.raises(IncidentError, match="cannot become contained") as refused:
         await soc.incidents.set_status(incident.id, "contained", actor="lina")
     assert "不能变为" in refused.value.zh
-    await soc.incidents.comment(incident.id, "源地址已封禁", actor="lina")
+    with pytest.raises(IncidentError, match="version") as stale:
+        await soc.incidents.comment(incident.id, "x", actor="lina", expected_version=incident.version - 1)
+    assert stale.value.status == 412
+    await soc.incidents.comment(incident.id, "源地址已封禁", actor="lina", expected_version=incident.version)
     with pytest.raises(IncidentError, match="1 to 4000"):
         await soc.incidents.comment(incident.id, " ", actor="lina")
     actions = [h["action"] for h in await soc.incidents.history(incident.id)]
