@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import structlog
 
 __all__ = [
+    "ECS_FIELD_SETS",
     "Category",
     "Event",
     "EventBus",
@@ -70,7 +71,7 @@ class Kind(StrEnum):
 
 
 # ECS top-level field sets an event may use; anything else is a typo or a leak.
-_NAMESPACES = frozenset(
+ECS_FIELD_SETS = frozenset(
     {
         "client",
         "destination",
@@ -151,7 +152,7 @@ _TYPED: dict[str, Callable[[str, Any], None]] = {
 
 def _check_name(name: str) -> None:
     top = name.split(".", 1)[0]
-    if top not in _NAMESPACES:
+    if top not in ECS_FIELD_SETS:
         raise EventError(f"field {name!r} is outside the ECS field sets OneGate uses")
     lowered = name.lower()
     if any(word in lowered for word in _SECRET_WORDS):

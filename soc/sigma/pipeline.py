@@ -33,6 +33,8 @@ from sigma.processing.transformations.base import DetectionItemTransformation, P
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaLogSource, SigmaRule
 from sigma.types import SigmaCIDRExpression, SigmaRegularExpression
 
+from core.events import ECS_FIELD_SETS
+
 __all__ = [
     "ECS_NAMESPACES",
     "IP_FIELDS",
@@ -69,36 +71,10 @@ WEB_FIELDS: dict[str, str | list[str]] = {
     "cs-version": "http.version",
 }
 
-# The ECS field sets (top-level namespaces) our events use; a dotted name under one of them is
-# taken as ECS. The same list as core.events, plus the few single names ECS has.
-ECS_NAMESPACES = frozenset(
-    (
-        "client",
-        "destination",
-        "error",
-        "event",
-        "group",
-        "host",
-        "http",
-        "labels",
-        "network",
-        "observer",
-        "onegate",
-        "related",
-        "rule",
-        "server",
-        "service",
-        "session",
-        "source",
-        "threat",
-        "trace",
-        "transaction",
-        "url",
-        "user",
-        "user_agent",
-    )
-)
 _ECS_SINGLE = frozenset(("@timestamp", "message", "tags"))
+# The ECS field sets (top-level namespaces) our events use, as core.events checks them; a dotted
+# name under one of them is taken as ECS (message and tags are single names, not field sets).
+ECS_NAMESPACES = ECS_FIELD_SETS - _ECS_SINGLE
 _ECS_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
 
 IP_FIELDS = ("source.ip", "destination.ip", "client.ip")
