@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from core.flight import SingleFlight
 from core.kv import KV, KVError
 from core.logging import get_logger
+from policy.model import client_address
 
 __all__ = ["CACHE_SECONDS", "MAX_BLOCKS", "MAX_SECONDS", "AddressBlocks", "Block", "BlockError"]
 
@@ -102,11 +103,9 @@ class AddressBlocks:
         if not self._ranges or not address:
             return None
         try:
-            ip = ipaddress.ip_address(address)
+            ip = client_address(address)
         except ValueError:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         value, now = int(ip), self._clock()
         for version, first, last, block in self._ranges:
             if version == ip.version and first <= value <= last and block.until > now:

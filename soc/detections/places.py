@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policy.model import client_address
+
 __all__ = ["Place", "Places"]
 
 
@@ -75,11 +77,9 @@ class Places:
         """The place of the most specific network holding ``address``; None when none does
         or the address is not one."""
         try:
-            ip = ipaddress.ip_address(address)
+            ip = client_address(address)
         except ValueError:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         value = int(ip)
         for _, version, first, last, place in self._table:
             if version == ip.version and first <= value <= last:

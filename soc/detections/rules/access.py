@@ -15,12 +15,12 @@ refused is counted per source address over minutes.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from policy.model import client_address
 from soc.detections.engine import Context, event_time
 from soc.detections.model import RuleInfo, Severity, Signal, Text
 from soc.detections.rules.common import action, event_id, field
@@ -71,12 +71,9 @@ def _address(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        ip = ipaddress.ip_address(value)
+        return str(client_address(value))
     except ValueError:
         return value
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def _allowed(doc: Mapping[str, Any]) -> bool:
