@@ -155,6 +155,27 @@ class _FromOneSource:
         )
         return accounts.count, unknown.count, at, span
 
+    def _fits(self, share: float, ctx: Context) -> bool:
+        """Whether ``share`` (of the accounts that do not exist here) is this rule's kind."""
+        raise NotImplementedError
+
+    def _reason(self, source: str | None, accounts: int, unknown: int, minutes: int) -> Text:
+        raise NotImplementedError
+
+    async def check(self, doc: Mapping[str, Any], ctx: Context) -> Signal | None:
+        accounts, unknown, at, span = await self._counts(doc, ctx)
+        threshold = int(ctx.param("accounts"))
+        if accounts < threshold or not self._fits(unknown / accounts, ctx):
+            return None
+        return Signal(
+            self.info,
+            at,
+            _entity(doc, "source.ip"),
+            (event_id(doc),),
+            self._reason(field(doc, "source.ip"), accounts, unknown, round(span / 60)),
+            {"accounts": accounts, "unknown_accounts": unknown, "threshold": threshold, "window_s": span},
+        )
+
 
 class PasswordSpraying(_FromOneSource):
     info = RuleInfo(
@@ -173,23 +194,13 @@ class PasswordSpraying(_FromOneSource):
         params={"accounts": 10, "window_s": 600, "max_unknown_share": 0.5},
     )
 
-    async def check(self, doc: Mapping[str, Any], ctx: Context) -> Signal | None:
-        accounts, unknown, at, span = await self._counts(doc, ctx)
-        threshold = int(ctx.param("accounts"))
-        if accounts < threshold or unknown / accounts >= float(ctx.param("max_unknown_share")):
-            return None
-        source = field(doc, "source.ip")
-        minutes = round(span / 60)
-        return Signal(
-            self.info,
-            at,
-            _entity(doc, "source.ip"),
-            (event_id(doc),),
-            Text(
-                f"{source} failed to sign in to {accounts} accounts within {minutes} min",
-                f"来源 {source} 在 {minutes} 分钟内对 {accounts} 个账号登录失败",
-            ),
-            {"accounts": accounts, "unknown_accounts": unknown, "threshold": threshold, "window_s": span},
+    def _fits(self, share: float, ctx: Context) -> bool:
+        return share < float(ctx.param("max_unknown_share"))
+
+    def _reason(self, source: str | None, accounts: int, unknown: int, minutes: int) -> Text:
+        return Text(
+            f"{source} failed to sign in to {accounts} accounts within {minutes} min",
+            f"来源 {source} 在 {minutes} 分钟内对 {accounts} 个账号登录失败",
         )
 
 
@@ -210,23 +221,13 @@ class CredentialStuffing(_FromOneSource):
         params={"accounts": 10, "window_s": 600, "min_unknown_share": 0.5},
     )
 
-    async def check(self, doc: Mapping[str, Any], ctx: Context) -> Signal | None:
-        accounts, unknown, at, span = await self._counts(doc, ctx)
-        threshold = int(ctx.param("accounts"))
-        if accounts < threshold or unknown / accounts < float(ctx.param("min_unknown_share")):
-            return None
-        source = field(doc, "source.ip")
-        minutes = round(span / 60)
-        return Signal(
-            self.info,
-            at,
-            _entity(doc, "source.ip"),
-            (event_id(doc),),
-            Text(
-                f"{source} tried {accounts} accounts within {minutes} min, {unknown} of them unknown",
-                f"来源 {source} 在 {minutes} 分钟内尝试 {accounts} 个账号，其中 {unknown} 个不存在",
-            ),
-            {"accounts": accounts, "unknown_accounts": unknown, "threshold": threshold, "window_s": span},
+    def _fits(self, share: float, ctx: Context) -> bool:
+        return share >= float(ctx.param("min_unknown_share"))
+
+    def _reason(self, source: str | None, accounts: int, unknown: int, minutes: int) -> Text:
+        return Text(
+            f"{source} tried {accounts} accounts within {minutes} min, {unknown} of them unknown",
+            f"来源 {source} 在 {minutes} 分钟内尝试 {accounts} 个账号，其中 {unknown} 个不存在",
         )
 
 
