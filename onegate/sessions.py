@@ -17,7 +17,7 @@ from idp.events import auth_event
 from idp.sessions import SessionStore
 from onegate.runtime import Runtime
 
-__all__ = ["EndedSessions", "end_user_sessions"]
+__all__ = ["EndedSessions", "end_user_sessions", "session_stores"]
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,8 @@ class EndedSessions:
     gateway: int
 
 
-async def end_user_sessions(
-    runtime: Runtime, *, user_id: int, sub: str, username: str, reason: str, actor: str, events: EventEmitter
-) -> EndedSessions:
-    """End the user's IdP and gateway sessions; one ``session-revoked`` event per session."""
+def session_stores(runtime: Runtime) -> tuple[SessionStore, GatewaySessions]:
+    """The IdP's and the gateway's session stores on the runtime's KV, with its timeouts."""
     settings = runtime.settings
     idp = SessionStore(
         runtime.kv,
@@ -41,6 +39,14 @@ async def end_user_sessions(
         idle_timeout=settings.gateway.session_idle_timeout,
         absolute_timeout=settings.gateway.session_absolute_timeout,
     )
+    return idp, gateway
+
+
+async def end_user_sessions(
+    runtime: Runtime, *, user_id: int, sub: str, username: str, reason: str, actor: str, events: EventEmitter
+) -> EndedSessions:
+    """End the user's IdP and gateway sessions; one ``session-revoked`` event per session."""
+    idp, gateway = session_stores(runtime)
     ended_idp = await idp.revoke_user(user_id)
     ended_gateway = await gateway.revoke_user(sub)
     for sid in [s.sid for s in ended_idp] + [s.sid for s in ended_gateway]:

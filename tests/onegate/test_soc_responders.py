@@ -13,10 +13,9 @@ import pytest
 from core.settings import load_settings
 from gateway.blocks import AddressBlocks
 from gateway.risk import RiskScores
-from gateway.sessions import GatewaySessions
 from idp.directory.models import UserStatus
-from idp.sessions import SessionStore
 from onegate.runtime import Runtime, open_runtime
+from onegate.sessions import session_stores
 from onegate.soc_responders import responders
 from soc.response.services import Action, ResponseError, ResponseService
 from tests.conftest import _run
@@ -41,21 +40,6 @@ async def runtime(template: Path, tmp_path: Path) -> AsyncIterator[Runtime]:
     await opened.close()
 
 
-def _stores(runtime: Runtime) -> tuple[SessionStore, GatewaySessions]:
-    settings = runtime.settings
-    idp = SessionStore(
-        runtime.kv,
-        idle_timeout=settings.idp.session_idle_timeout,
-        absolute_timeout=settings.idp.session_absolute_timeout,
-    )
-    gateway = GatewaySessions(
-        runtime.kv,
-        idle_timeout=settings.gateway.session_idle_timeout,
-        absolute_timeout=settings.gateway.session_absolute_timeout,
-    )
-    return idp, gateway
-
-
 class Person:
     """A user with an IdP session and two gateway sessions (HR, City operations)."""
 
@@ -70,7 +54,7 @@ class Person:
             username=username, display_name="王芳", password_hash=None
         )
         self.user_id = user.id
-        idp, gateway = _stores(self.runtime)
+        idp, gateway = session_stores(self.runtime)
         session, _ = await idp.create(
             user_id=user.id, username=user.username, amr=("pwd",), acr="urn:onegate:acr:pwd"
         )
@@ -94,7 +78,7 @@ class Person:
         return self
 
     async def live_sessions(self) -> int:
-        idp, gateway = _stores(self.runtime)
+        idp, gateway = session_stores(self.runtime)
         alive = [await idp.get(sid, touch=False) for sid in self.idp_sids]
         alive += [await gateway.get(sid) for sid in self.gateway_sids]
         return sum(session is not None for session in alive)
