@@ -193,16 +193,22 @@ def query_list(call: ApiRequest, name: str, allowed: Collection[str]) -> list[st
     return list(dict.fromkeys(values))
 
 
+def _zoned_time(value: str) -> datetime | None:
+    """``value`` read as an ISO 8601 time with its zone (``Z`` or an offset); None otherwise."""
+    try:
+        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def query_time(call: ApiRequest, name: str) -> datetime | None:
     """An ISO 8601 time with its zone (``2026-11-02T09:00:00Z``, ``...+08:00``)."""
     value = query_text(call, name, max_length=64)
     if value is None:
         return None
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    moment = _zoned_time(value)
+    if moment is None:
         raise _bad_parameter(
             name,
             "an ISO 8601 time with its zone, e.g. 2026-11-02T09:00:00Z",
@@ -308,11 +314,8 @@ class Body:
         value = self.text(name, required=required, max_length=64)
         if value is None:
             return None
-        try:
-            moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
+        moment = _zoned_time(value)
+        if moment is None:
             raise invalid(
                 name,
                 "an ISO 8601 time with its zone, e.g. 2026-11-02T09:00:00Z",
