@@ -6,8 +6,8 @@ with fsync, acknowledge) in batches of ``BATCH`` events from a source task, whil
 reads the spool and writes to the store in batches of 1,000, committing after each write. The
 figure is events acknowledged *and* stored (spool drained) per second of wall time, over
 ``EVENTS`` events shaped like a gateway access event (about 600 bytes, ids made as the gateway
-makes them). One event loop on one core; the SQLite store's own thread and the spool's threads
-run beside it.
+makes them). One event loop (uvloop, as ``onegate serve`` runs the SOC) on one core; the SQLite
+store's own thread and the spool's threads run beside it.
 
 * ``sqlite_ingest_eps``: into a new SQLite store file;
 * ``sqlite_ingest_detect_eps``: the same with streaming detections in the writer (all built-in
@@ -405,4 +405,7 @@ async def _run() -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
-    return asyncio.run(_run())
+    import uvloop  # the event loop `onegate serve` runs the SOC on (onegate.command.run)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run())

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import orjson
+
 from core.events import Category, Event, EventEmitter, Outcome
 from core.eventstore import EventStore, StoreUnavailable, WriteResult
 from core.logging import get_logger
@@ -55,9 +57,12 @@ MAX_FIELDS = 512
 _FIELD = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_@.\-]{0,127}")
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie", "private_key")
 REDACTED = "[redacted]"
-# Field names seen valid (and whether they name a secret), so each name is checked once.
+# Field names seen valid (and whether they name a secret), so each name is checked once; and
+# those of them that name no secret, for the quick path's one set comparison.
 _KNOWN_NAMES: dict[str, bool] = {}
+_SAFE_NAMES: set[str] = set()
 _MAX_KNOWN_NAMES = 20_000
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None), list, tuple))
 
 
 @runtime_checkable
@@ -103,16 +108,14 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | bool)
 
 
-def _checked(document: Any, index: int) -> tuple[dict[str, Any], int]:
-    """Any document: flattened, names and values checked, secrets redacted; with an upper bound
-    of its JSON size."""
+def _checked(document: Any, index: int) -> dict[str, Any]:
+    """Any document: flattened, names and values checked, secrets redacted."""
     if not isinstance(document, Mapping):
         raise DocumentRefused(index, "a document is a JSON object")
     flat: dict[str, Any] = {}
     _flatten(document, "", flat, index)
     if len(flat) > MAX_FIELDS:
         raise DocumentRefused(index, f"more than {MAX_FIELDS} fields")
-    bound = 0  # an upper bound of the JSON size, to skip the exact count for ordinary documents
     for name, value in list(flat.items()):
         secret = _KNOWN_NAMES.get(name)
         if secret is None:
@@ -121,66 +124,63 @@ def _checked(document: Any, index: int) -> tuple[dict[str, Any], int]:
             secret = any(word in name.lower() for word in _SECRET_WORDS)
             if len(_KNOWN_NAMES) < _MAX_KNOWN_NAMES:
                 _KNOWN_NAMES[name] = secret
-        bound += len(name) + 8
-        if isinstance(value, str):
-            bound += 6 * len(value)
-        elif isinstance(value, list | tuple):
+                if not secret:
+                    _SAFE_NAMES.add(name)
+        if isinstance(value, list | tuple):
             if not all(_scalar(v) for v in value):
                 raise DocumentRefused(index, f"{name}: a list holds only strings, numbers and booleans")
             flat[name] = list(value)
-            bound += sum(6 * len(v) + 2 if isinstance(v, str) else 32 for v in value)
         elif not _scalar(value):
             raise DocumentRefused(index, f"{name}: not a JSON scalar")
-        else:
-            bound += 32
         if secret:
             flat[name] = REDACTED
-    return flat, bound
+    return flat
 
 
-def _plain(document: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+def _plain(document: dict[str, Any]) -> dict[str, Any] | None:
     """The common case of :func:`_checked`, faster: a flat dict whose field names were all seen
-    before and name no secret, holding strings, numbers, booleans, None and lists of those. None
-    for anything else (a nested object, a new name, a secret): :func:`_checked` decides then."""
-    if len(document) > MAX_FIELDS:
+    before and name no secret, holding strings, finite numbers, booleans, None and lists of
+    those. None for anything else (a nested object, a new name, a secret): :func:`_checked`
+    decides then. The names and the value types are checked by set operations, in C."""
+    if len(document) > MAX_FIELDS or not document.keys() <= _SAFE_NAMES:
         return None
-    known = _KNOWN_NAMES
-    flat: dict[str, Any] = {}
-    bound = 0
-    for name, value in document.items():
-        if known.get(name) is not False:  # a new name, a secret one, or not a string
-            return None
-        kind = type(value)
-        if kind is str:
-            bound += len(name) + 8 + 6 * len(value)
-        elif kind is int or kind is bool or value is None or (kind is float and math.isfinite(value)):
-            bound += len(name) + 40
-        elif kind is list or kind is tuple:
-            for item in value:
-                if type(item) is str:
-                    bound += 6 * len(item) + 2
-                elif _scalar(item):
-                    bound += 32
-                else:
+    types = set(map(type, document.values()))
+    if not types <= _PLAIN_TYPES:
+        return None
+    flat = dict(document)
+    if float in types or list in types or tuple in types:
+        for name, value in flat.items():
+            kind = type(value)
+            if kind is float:
+                if not math.isfinite(value):
                     return None
-            bound += len(name) + 8
-            flat[name] = list(value)
-            continue
-        else:
-            return None
-        flat[name] = value
-    return flat, bound
+            elif kind is list or kind is tuple:
+                for item in value:
+                    if type(item) is not str and not _scalar(item):
+                        return None
+                flat[name] = list(value)  # a value replaced, no key added: the loop goes on
+    return flat
 
 
 _CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 
+# The second (first 20 characters, ``2026-11-02T09:00:00.``) of the last canonical time that
+# _timestamp found to exist: events come in time order, so most share it.
+_LAST_SECOND = [""]
+
+
 def _timestamp(value: Any, index: int) -> str:
-    if type(value) is str and len(value) == 27 and _CANONICAL_TIME.fullmatch(value):
-        # Already as stored (UTC, microseconds, Z): only check that the moment exists.
-        with contextlib.suppress(ValueError):
-            datetime.fromisoformat(value[:26])
+    if type(value) is str and len(value) == 27:
+        fraction = value[20:26]
+        if value[:20] == _LAST_SECOND[0] and fraction.isascii() and fraction.isdigit() and value[26] == "Z":
             return value
+        if _CANONICAL_TIME.fullmatch(value):
+            # Already as stored (UTC, microseconds, Z): only check that the moment exists.
+            with contextlib.suppress(ValueError):
+                datetime.fromisoformat(value[:26])
+                _LAST_SECOND[0] = value[:20]
+                return value
     if not isinstance(value, str):
         raise DocumentRefused(index, "@timestamp must be an RFC 3339 string")
     try:
@@ -200,8 +200,21 @@ def normalise(
     ``@timestamp`` is required unless ``received`` (the moment of receipt) stands in for it;
     ``event.id`` is derived from the content when missing; secret-named fields are redacted.
     The result is a new dict (lists copied too): later changes by the caller do not reach it."""
-    plain = _plain(document) if type(document) is dict else None
-    flat, bound = _checked(document, index) if plain is None else plain
+    return _normalise(document, index, received, None)[0]
+
+
+def _normalise(
+    document: Mapping[str, Any],
+    index: int,
+    received: datetime | None,
+    tag: Callable[[Mapping[str, Any]], str | None] | None,
+) -> tuple[dict[str, Any], bytes | None]:
+    """:func:`normalise`, with the drill ``tag`` applied, and the document's compact JSON
+    (orjson's, which gives the exact size; None where orjson cannot write it: an integer beyond
+    64 bits, a lone surrogate)."""
+    flat = _plain(document) if type(document) is dict else None
+    if flat is None:
+        flat = _checked(document, index)
     if "@timestamp" not in flat:
         if received is None:
             raise DocumentRefused(index, "@timestamp is missing")
@@ -213,11 +226,20 @@ def normalise(
         flat["event.id"] = hashlib.sha256(canonical.encode()).hexdigest()[:32]
     elif not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
         raise DocumentRefused(index, "event.id must be a string of 1 to 128 characters")
-    if bound + 200 > MAX_DOCUMENT_BYTES:  # perhaps too large: count exactly
-        size = len(json.dumps(flat, ensure_ascii=False).encode())
-        if size > MAX_DOCUMENT_BYTES:
-            raise DocumentRefused(index, f"{size} bytes, more than {MAX_DOCUMENT_BYTES}")
-    return flat
+    if tag is not None:
+        drill = tag(flat)
+        if drill is not None:
+            flat["onegate.drill_id"] = drill
+    line: bytes | None
+    try:
+        line = orjson.dumps(flat)
+        size = len(line)
+    except orjson.JSONEncodeError:
+        line = None
+        size = len(json.dumps(flat, separators=(",", ":")).encode())
+    if size > MAX_DOCUMENT_BYTES:
+        raise DocumentRefused(index, f"{size} bytes of JSON, more than {MAX_DOCUMENT_BYTES}")
+    return flat, line
 
 
 class Ingest:
@@ -265,16 +287,12 @@ class Ingest:
         """Check, normalise and spool ``documents``; returns how many once they are on disk.
         :class:`DocumentRefused` refuses the whole batch (nothing spooled); ``SpoolFull``
         passes through (the source keeps its events and retries)."""
-        checked = [normalise(d, i, received=received) for i, d in enumerate(documents)]
         tag = self.tag
-        if tag is not None:
-            for document in checked:
-                drill = tag(document)
-                if drill is not None:
-                    document["onegate.drill_id"] = drill
+        checked = [_normalise(d, i, received, tag) for i, d in enumerate(documents)]
         if checked:
             # normalise made these dicts, and nothing here changes them after the append.
-            await self._spool.append(checked, handed_over=True)
+            flats, lines = zip(*checked, strict=True)
+            await self._spool.append(flats, handed_over=True, lines=lines)
             self._watch_fill()
         return len(checked)
 

@@ -21,8 +21,8 @@ Each append is one *frame*, so a batch is all or nothing after a crash::
     magic b"\\xa7OGS" | payload length u32 | documents u32 | payload CRC32 u32
     | header CRC32 u32 (of the 16 bytes before it) | payload
 
-little-endian; the payload is the documents as compact JSON, one per line, ASCII only — so the
-magic, whose first byte is not ASCII, never occurs inside one. A :class:`Position` is (segment,
+little-endian; the payload is the documents as compact JSON, one per line, in UTF-8 with every
+control character escaped. A :class:`Position` is (segment,
 offset of a frame, documents of that frame already consumed), so a reader may take part of a
 batch and the rest later.
 
@@ -43,7 +43,10 @@ Decisions:
   segment is the torn write of an append that was never acknowledged, and the file is truncated
   there — but only when no valid frame follows it anywhere in the file: if one does, a frame that
   was acknowledged has been damaged, and :class:`SpoolCorrupt` names the file and offset instead
-  of skipping it. A bad frame anywhere else is corruption too.
+  of skipping it. A bad frame anywhere else is corruption too. The magic may occur inside a
+  payload (its first byte continues a UTF-8 character), but a frame header cannot: its document
+  count is below 2**24, so its last byte is 0, which JSON text never holds unescaped; recovery
+  checks both checksums of every candidate anyway.
 * A failed write is cut off again (``ftruncate``), so the next append does not land behind a torn
   frame. After a failed fsync the page cache is in an unknown state (a retried fsync can report
   success for data that is gone), so the spool refuses appends until it is reopened and
@@ -66,7 +69,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+import orjson
 
 from core.files import fsync_directory, write_all
 from core.logging import get_logger
@@ -89,6 +94,7 @@ _MAGIC = b"\xa7OGS"
 _FIELDS = struct.Struct("<4sIII")  # magic, payload length, documents, payload CRC32
 _HEADER = struct.Struct("<4sIIII")  # the same and the CRC32 of those 16 bytes
 _MAX_PAYLOAD = 2**31 - 1
+_MAX_DOCUMENTS = 2**24 - 1  # so that a frame header's last byte is 0 (module docstring)
 _GROUP_BYTES = 8 * 1024 * 1024  # at most this much per write + fsync, unless one frame is larger
 _READ_CHUNK = 1024 * 1024
 DEFAULT_KEEP_RECENT = 32 * 1024 * 1024  # frames kept in memory after their write (see Spool)
@@ -134,8 +140,8 @@ class Position:
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Documents read from the spool, oldest first, and where they start and end; ``texts`` holds
-    each document as the spool wrote it (compact JSON, ASCII only), so a store that keeps JSON
-    text need not encode it again."""
+    each document as the spool wrote it (compact JSON; non-ASCII characters escaped or not), so
+    a store that keeps JSON text need not encode it again."""
 
     documents: tuple[dict[str, Any], ...]
     start: Position
@@ -158,29 +164,56 @@ def _segment_number(name: str) -> int | None:
     return int(stem)
 
 
-def _encode(documents: Sequence[Mapping[str, Any]]) -> tuple[bytes, tuple[str, ...]]:
+def _encode(
+    documents: Sequence[Mapping[str, Any]],
+    *,
+    normalised: bool = False,
+    lines: Sequence[bytes | None] | None = None,
+) -> tuple[bytes, tuple[str, ...]]:
     """One frame holding ``documents``, and each document's line of it; a document that is not
-    JSON is refused by its index."""
+    JSON is refused by its index. ``lines``: the documents' compact JSON, when the caller has it
+    already (:meth:`Spool.append`). ``normalised`` documents (dicts of JSON values alone, as
+    ingest makes them) are encoded by orjson, eight times faster than the standard library and
+    without escaping non-ASCII text; the others, or a batch orjson refuses (an integer beyond
+    64 bits, a lone surrogate), by the standard library, which also refuses NaN."""
+    if len(documents) > _MAX_DOCUMENTS:
+        raise ValueError(f"a batch is at most {_MAX_DOCUMENTS} documents")
+    if normalised:
+        try:
+            if lines is not None and len(lines) == len(documents) and None not in lines:
+                payload = b"\n".join(cast("Sequence[bytes]", lines))
+            else:
+                payload = b"\n".join([orjson.dumps(document) for document in documents])
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if len(payload) > _MAX_PAYLOAD:
+                raise ValueError(f"the batch is {len(payload)} bytes; a batch is at most {_MAX_PAYLOAD}")
+            return _frame(payload, len(documents)), tuple(payload.decode().split("\n"))
     encode = _ENCODER.encode
     try:
         # The common case at once: every document a dict that encodes.
-        lines = [encode(document) for document in documents if type(document) is dict]
+        texts = [encode(document) for document in documents if type(document) is dict]
     except (TypeError, ValueError, RecursionError):
-        lines = []
-    if len(lines) != len(documents):  # find the culprit, or encode the other mappings
-        lines = []
+        texts = []
+    if len(texts) != len(documents):  # find the culprit, or encode the other mappings
+        texts = []
         for index, document in enumerate(documents):
             if not isinstance(document, Mapping):
                 raise TypeError(f"document {index} is a {type(document).__name__}, not a mapping")
             try:
-                lines.append(encode(document if type(document) is dict else dict(document)))
+                texts.append(encode(document if type(document) is dict else dict(document)))
             except (TypeError, ValueError, RecursionError) as e:
                 raise ValueError(f"document {index} cannot be written as JSON: {e}") from e
-    payload = "\n".join(lines).encode("ascii")
+    payload = "\n".join(texts).encode("ascii")
     if len(payload) > _MAX_PAYLOAD:
         raise ValueError(f"the batch is {len(payload)} bytes; a batch is at most {_MAX_PAYLOAD}")
-    fields = _FIELDS.pack(_MAGIC, len(payload), len(lines), zlib.crc32(payload))
-    return fields + struct.pack("<I", zlib.crc32(fields)) + payload, tuple(lines)
+    return _frame(payload, len(texts)), tuple(texts)
+
+
+def _frame(payload: bytes, count: int) -> bytes:
+    fields = _FIELDS.pack(_MAGIC, len(payload), count, zlib.crc32(payload))
+    return fields + struct.pack("<I", zlib.crc32(fields)) + payload
 
 
 def _check_frame(data: bytes, at: int) -> tuple[int, int]:
@@ -432,21 +465,30 @@ class Spool:
 
     # -- appending --------------------------------------------------------------------------------
 
-    async def append(self, documents: Sequence[Mapping[str, Any]], *, handed_over: bool = False) -> int:
+    async def append(
+        self,
+        documents: Sequence[Mapping[str, Any]],
+        *,
+        handed_over: bool = False,
+        lines: Sequence[bytes | None] | None = None,
+    ) -> int:
         """Write ``documents`` durably, after every earlier append; return how many were written.
         The return is the acknowledgement. Raises :class:`SpoolFull` (nothing written), ValueError
         or TypeError for a document that is not a JSON object, :class:`SpoolError` when the write
         failed.
 
-        ``handed_over=True`` is the caller's promise that the documents are dicts that nobody
-        changes any more (ingest makes them fresh): the spool then keeps them in memory as they
-        are instead of copying them."""
+        ``handed_over=True`` is the caller's promise that the documents are dicts of JSON values
+        alone (strings, finite numbers, booleans, None, lists of those) that nobody changes any
+        more, as ingest's ``normalise`` makes them: the spool then keeps them in memory as they
+        are instead of copying them, and encodes them the fast way (:func:`_encode`). ``lines``
+        may hand over each document's compact JSON already made (orjson's, or None where there
+        is none), so it is not made twice."""
         self._require_open()
         if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
             raise TypeError("documents must be a sequence of mappings")
         if not documents:
             return 0
-        frame, texts = _encode(documents)
+        frame, texts = _encode(documents, normalised=handed_over, lines=lines)
         if len(frame) > self.max_bytes:
             raise ValueError(f"the batch is {len(frame)} bytes, more than the whole spool ({self.max_bytes})")
         if self._broken is not None:
@@ -635,9 +677,7 @@ class Spool:
             except _BadFrame as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, str(e)) from None
             try:
-                lines = (
-                    buffer[at + _HEADER.size : at + length].decode("ascii").split("\n")[skip : skip + want]
-                )
+                lines = buffer[at + _HEADER.size : at + length].decode().split("\n")[skip : skip + want]
                 return [json.loads(line) for line in lines], lines, length, count
             except ValueError as e:
                 raise SpoolCorrupt(self.directory / _segment_name(number), offset, f"bad JSON: {e}") from None

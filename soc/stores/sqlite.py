@@ -40,12 +40,16 @@ with the standard library's ``sqlite3``. Decisions:
   a few hundred thousand events). Needles are found through the full-text index instead: a
   string equal to ``lina`` or starting with ``/hr/`` holds the words ``lina`` or ``hr``, so
   the FTS5 lookup narrows a partition to a few rows before the exact test runs on them.
-* **Full text.** The FTS column holds ``" ".join(words(...))`` of the document's string values,
-  indexed by FTS5's ``ascii`` tokenizer with ``_`` as a token character: it splits on exactly the
-  separators left in that text (spaces) and keeps every non-ASCII character, so its tokens are
-  :func:`core.eventstore.words` and the query side uses the same function. The table is
-  contentless (``content=''``, ``detail=none``): the words are not stored twice, and a row is
-  removed by recomputing its words from the stored document.
+* **Full text.** The FTS column holds the document's string values one a line, indexed by
+  FTS5's ``ascii`` tokenizer with ``_`` as a token character, so that its tokens are
+  :func:`core.eventstore.words` and the query side uses the same function: an ASCII value goes
+  lower-cased as it is (on ASCII that tokenizer splits exactly where ``words`` does, and does it
+  in SQLite's C on the store's thread rather than in Python on the writer's); any other value,
+  or one with a ``_`` (a lone one is no word), goes as its words, space-separated (the
+  tokenizer keeps every non-ASCII character inside a token). The table is contentless
+  (``content=''``, ``detail=none``): the text is not stored twice, and a row is removed by
+  recomputing its text from the stored document (the same tokens as the words that earlier
+  versions of this store indexed, so their rows are removed alike).
 * **Queries compile to SQL with bound parameters only.** Values, JSON paths and FTS5 expressions
   are parameters; field names are checked against the query language's field grammar (no quote
   can occur) before they become a JSON path ``$."user.name"``. The only names formatted into SQL
@@ -81,6 +85,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
+import orjson
+
 from core.eventstore import (
     MAX_SIZE,
     And,
@@ -110,8 +116,8 @@ MAX_BUCKETS = 100_000  # date_histogram buckets per answer, empty ones included
 _SCHEMA_VERSION = 1
 # Pages in the WAL before it is copied back into the database: ten times SQLite's default.
 _CHECKPOINT_PAGES = 10_000
-# Rows per INSERT statement: 500 events are 4,500 bound values (SQLite allows 32,766).
-_ROWS_PER_INSERT = 500
+# Rows per INSERT statement: 1,000 events are 8,000 bound values (SQLite allows 32,766).
+_ROWS_PER_INSERT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _DAY_MICROS = 86_400_000_000
@@ -135,6 +141,10 @@ _TIMESTAMP = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d)(?:\.(\d{1,9}))?(?:[Zz]|[+-]00:00)"
 )
 _LISTS = (list, tuple)  # tuples in isinstance: faster than X | Y on the write path
+_STR_TYPE = {str}
+_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
+_SCALARS_OR_LIST = _SCALAR_TYPES | {list}
+_STR_OR_NONE = frozenset((str, type(None)))
 _NUMBERS = (int, float)
 _INTEGER = re.compile(r"-?\d+")
 _WORD_CHARACTER = re.compile(r"\w")  # as in core.eventstore.words
@@ -160,7 +170,7 @@ class _Row:
     ts: int
     day: int
     doc: str
-    text: str
+    strings: list[str]  # the string values: the full-text column's source (_fts_text)
     hot: tuple[str | None, ...]
     mixed: int
 
@@ -173,8 +183,26 @@ def _day_of(text: str) -> tuple[int, int]:
     return day.year * 10_000 + day.month * 100 + day.day, (midnight - _EPOCH) // _MICROSECOND
 
 
+# The last canonical second read by _timestamp: its first 20 characters (``...T09:00:00.``) ->
+# (partition day, microseconds at that second). Events come in time order, so most hit it.
+_LAST_SECOND: list[tuple[str, int, int]] = [("", 0, 0)]
+
+
 def _timestamp(text: str) -> tuple[int, int] | None:
     """An RFC 3339 UTC time -> (partition day, microseconds since the epoch), or None."""
+    if len(text) == 27 and text[26] == "Z":  # the canonical form: 2026-11-02T09:00:00.007000Z
+        second, day, base = _LAST_SECOND[0]
+        fraction = text[20:26]
+        if text[:20] == second and fraction.isascii() and fraction.isdigit():
+            return day, base + int(fraction)
+        parsed = _parse_timestamp(text)
+        if parsed is not None:
+            _LAST_SECOND[0] = (text[:20], parsed[0], parsed[1] - int(fraction))
+        return parsed
+    return _parse_timestamp(text)
+
+
+def _parse_timestamp(text: str) -> tuple[int, int] | None:
     found = _TIMESTAMP.fullmatch(text)
     if found is None:
         return None
@@ -202,6 +230,22 @@ def _day_span(day: int) -> tuple[int, int]:
 def _strings(document: Mapping[str, Any], position: int) -> list[str]:
     """The document's string values in order, list elements included; refuses field names that
     are not strings and values that are neither JSON scalars nor lists of them."""
+    if type(document) is dict and set(map(type, document)) == _STR_TYPE:
+        # The common case, checked by set operations in C (the order of the strings does not
+        # matter to the full-text index).
+        values = document.values()
+        kinds = set(map(type, values))
+        if kinds <= _SCALAR_TYPES:
+            return [value for value in values if type(value) is str]
+        if kinds <= _SCALARS_OR_LIST:
+            found = [value for value in values if type(value) is str]
+            for value in values:
+                if type(value) is list:
+                    if not set(map(type, value)) <= _SCALAR_TYPES:
+                        break
+                    found += [item for item in value if type(item) is str]
+            else:
+                return found
     strings: list[str] = []
     for key, value in document.items():
         if type(key) is not str:
@@ -241,10 +285,13 @@ def _words_of(value: str) -> str:
     return found
 
 
-def _text(strings: list[str]) -> str:
-    """What the FTS column holds: the words of the string values (each value apart, so no word
-    spans two values)."""
-    return " ".join(filter(None, map(_words_of, strings)))
+def _fts_text(strings: list[str]) -> str:
+    """What the FTS column holds for a document's string values (module docstring): each
+    value apart, so no word spans two."""
+    text = "\n".join(strings)
+    if text.isascii() and "_" not in text:
+        return text.lower()
+    return "\n".join([v.lower() if v.isascii() and "_" not in v else _words_of(v) for v in strings])
 
 
 def _prepare(position: int, document: Any, spooled: str | None = None) -> _Row:
@@ -261,28 +308,30 @@ def _prepare(position: int, document: Any, spooled: str | None = None) -> _Row:
         raise ValueError(f"documents[{position}] has no event.id")
     if not isinstance(event_id, str) or not event_id:
         raise ValueError(f"documents[{position}]: event.id must be a non-empty string")
-    text = _text(_strings(document, position))
+    strings = _strings(document, position)
     if spooled is not None and "\\u" not in spooled:
-        # The spool's JSON differs from ours only by escaping non-ASCII (and control) characters
-        # as \uXXXX: without any, the two texts are the same.
+        # The spool's JSON is compact JSON of the same document; it may escape non-ASCII
+        # characters as \uXXXX, which we keep as they are: without an escape it serves as is.
         encoded = spooled
     else:
         try:
             encoded = _ENCODER.encode(document)
         except ValueError as exc:  # NaN or an infinity
             raise ValueError(f"documents[{position}]: {exc}") from exc
-    hot: list[str | None] = []
+    hot = tuple(map(document.get, _HOT))
     mixed = 0
-    for name, bit in _HOT_BITS:
-        value = document.get(name)
-        if isinstance(value, str):
-            hot.append(value)
-        else:
-            hot.append(None)
-            if value is not None:
-                mixed |= bit
+    if not set(map(type, hot)) <= _STR_OR_NONE:  # a hot field holds something else: not a column
+        values: list[str | None] = []
+        for value, (_, bit) in zip(hot, _HOT_BITS, strict=True):
+            if isinstance(value, str):
+                values.append(value)
+            else:
+                values.append(None)
+                if value is not None:
+                    mixed |= bit
+        hot = tuple(values)
     day, ts = parsed
-    return _Row(event_id, ts, day, encoded, text, tuple(hot), mixed)
+    return _Row(event_id, ts, day, encoded, strings, hot, mixed)
 
 
 def _unencodable(rows: Sequence[_Row], positions: Sequence[int]) -> ValueError | None:
@@ -603,7 +652,7 @@ class SqliteEventStore:
     def prepare_spooled(self, documents: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> PreparedWrite:
         """:meth:`write` in two halves, this first one on the caller's thread: the checks and the
         rows (JSON, words, hot columns), with the same ValueError for a bad document. ``texts``
-        holds each document's JSON as the ingest spool wrote it (compact, ASCII only:
+        holds each document's JSON as the ingest spool wrote it (compact:
         ``soc.spool.Batch.texts``; ``texts[i]`` must be the JSON of ``documents[i]``), which is
         stored instead of encoding the document again wherever the two texts are the same. A
         writer prepares its next batch while this store's thread still writes the one before, so
@@ -717,28 +766,32 @@ def _create_partition(conn: sqlite3.Connection, day: int) -> None:
     conn.execute("INSERT INTO partitions (day, mixed) VALUES (?, 0)", (day,))
 
 
-def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``head`` (``INSERT INTO t (a, b) VALUES ``) for every row, ``_ROWS_PER_INSERT`` rows a
-    statement: ``executemany`` runs one statement per row, and the thread gives the interpreter
-    lock up and waits to take it back around every one of them, which, while the event loop is
-    busy, costs more than SQLite's own work."""
-    if not rows:
-        return
-    marks = "(" + ", ".join("?" * len(rows[0])) + ")"
-    for first in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[first : first + _ROWS_PER_INSERT]
-        conn.execute(head + ", ".join([marks] * len(chunk)), [value for row in chunk for value in row])
+@dataclass(frozen=True, slots=True)
+class _DayRows:
+    """The rows of one partition day, as the statements of :func:`_insert` bind them."""
+
+    day: int
+    values: list[Any]  # ts, id, doc and the hot columns of each row, one after the other
+    texts: str  # the rows' full-text columns as a JSON array, for json_each
+    mixed: int
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedWrite:
     """A batch checked and turned into rows (:meth:`SqliteEventStore.prepare_spooled`), ready for
-    :meth:`SqliteEventStore.write_prepared`."""
+    :meth:`SqliteEventStore.write_prepared`: the rows, and everything the statements bind made
+    ahead, so that the store's thread only runs them (while it holds the interpreter lock, the
+    writer's thread cannot prepare the next batch)."""
 
     rows: list[_Row]
     positions: list[int]  # of each row in the batch
-    ids: list[str]
+    ids: str  # the rows' event ids as a JSON array
     documents: int
+    days: list[_DayRows]
+
+
+_ROW_COLUMNS = f"ts, id, doc, {_HOT_COLUMNS}"
+_ROW_WIDTH = 3 + len(_HOT)
 
 
 def _prepare_all(documents: Sequence[Mapping[str, Any]], texts: Sequence[str] | None) -> PreparedWrite:
@@ -751,7 +804,33 @@ def _prepare_all(documents: Sequence[Mapping[str, Any]], texts: Sequence[str] | 
             seen.add(row.event_id)
             rows.append(row)
             positions.append(position)
-    return PreparedWrite(rows, positions, list(seen), len(documents))
+    ids = _json_array([row.event_id for row in rows])
+    return PreparedWrite(rows, positions, ids, len(documents), _day_rows(rows))
+
+
+def _json_array(texts: list[str]) -> str:
+    """``texts`` as a JSON array for ``json_each`` (a lone surrogate goes escaped; the document
+    holding it is refused when its row is bound)."""
+    try:
+        return orjson.dumps(texts).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(texts)
+
+
+def _day_rows(rows: Sequence[_Row]) -> list[_DayRows]:
+    by_day: dict[int, list[_Row]] = {}
+    for row in rows:
+        by_day.setdefault(row.day, []).append(row)
+    days = []
+    for day, group in by_day.items():
+        values: list[Any] = []
+        mixed = 0
+        for row in group:
+            values += (row.ts, row.event_id, row.doc, *row.hot)
+            mixed |= row.mixed
+        texts = _json_array([_fts_text(row.strings) for row in group])
+        days.append(_DayRows(day, values, texts, mixed))
+    return days
 
 
 def _write(
@@ -767,37 +846,47 @@ def _insert(conn: sqlite3.Connection, prepared: PreparedWrite) -> WriteResult:
             stored = {
                 event_id
                 for (event_id,) in conn.execute(
-                    "SELECT id FROM ids WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(prepared.ids),),
+                    "SELECT id FROM ids WHERE id IN (SELECT value FROM json_each(?))", (prepared.ids,)
                 )
             }
-            fresh = [row for row in rows if row.event_id not in stored]
+            fresh, days, ids = rows, prepared.days, prepared.ids
+            if stored:  # some stored already (a batch replayed): only the others
+                fresh = [row for row in rows if row.event_id not in stored]
+                days, ids = _day_rows(fresh), _json_array([row.event_id for row in fresh])
             partitions = _partitions(conn)
-            by_day: dict[int, list[_Row]] = {}
-            for row in fresh:
-                by_day.setdefault(row.day, []).append(row)
-            for day, group in by_day.items():
+            for group in days:
+                day = group.day
                 if day not in partitions:
                     _create_partition(conn, day)
                     partitions[day] = 0
                 events = f"events_{day}"
                 (top,) = conn.execute(f"SELECT coalesce(max(n), 0) FROM {events}").fetchone()  # noqa: S608
-                _insert_rows(
-                    conn,
-                    f"INSERT INTO {events} (n, ts, id, doc, {_HOT_COLUMNS}) VALUES ",  # noqa: S608
-                    [(top + i, r.ts, r.event_id, r.doc, *r.hot) for i, r in enumerate(group, 1)],
+                # Each row takes the next n (SQLite gives a new row one more than the largest),
+                # so the rows are top + 1, top + 2 ... in order, as their full text below.
+                # Many rows a statement: executemany would run one statement per row, and this
+                # thread would give up the interpreter lock and wait to take it back around each
+                # of them, which, while the event loop is busy, costs more than SQLite's work.
+                values = group.values
+                step = _ROWS_PER_INSERT * _ROW_WIDTH
+                marks = "(" + ", ".join("?" * _ROW_WIDTH) + ")"
+                for first in range(0, len(values), step):
+                    chunk = values[first : first + step]
+                    conn.execute(
+                        f"INSERT INTO {events} ({_ROW_COLUMNS}) VALUES "  # noqa: S608
+                        + ", ".join([marks] * (len(chunk) // _ROW_WIDTH)),
+                        chunk,
+                    )
+                count = len(values) // _ROW_WIDTH
+                (last,) = conn.execute(f"SELECT max(n) FROM {events}").fetchone()  # noqa: S608
+                if last != top + count:  # pragma: no cover - SQLite's documented rowid choice
+                    raise sqlite3.IntegrityError(f"{events}: rows numbered {last}, expected {top + count}")
+                conn.execute(
+                    f"INSERT INTO words_{day} (rowid, words) SELECT ? + key, value FROM json_each(?)",  # noqa: S608
+                    (top + 1, group.texts),
                 )
-                _insert_rows(
-                    conn,
-                    f"INSERT INTO words_{day} (rowid, words) VALUES ",  # noqa: S608
-                    [(top + i, r.text) for i, r in enumerate(group, 1)],
-                )
-                mixed = 0
-                for row in group:
-                    mixed |= row.mixed
-                if mixed & ~partitions[day]:
-                    conn.execute("UPDATE partitions SET mixed = mixed | ? WHERE day = ?", (mixed, day))
-            _insert_rows(conn, "INSERT INTO ids (id) VALUES ", [(row.event_id,) for row in fresh])
+                if group.mixed & ~partitions[day]:
+                    conn.execute("UPDATE partitions SET mixed = mixed | ? WHERE day = ?", (group.mixed, day))
+            conn.execute("INSERT INTO ids (id) SELECT value FROM json_each(?)", (ids,))
     except UnicodeEncodeError:
         bad = _unencodable(rows, positions)
         if bad is None:
@@ -1013,10 +1102,10 @@ def _delete_before(conn: sqlite3.Connection, cutoff: datetime) -> int:
                 )
                 old = conn.execute(f"SELECT n, doc FROM events_{day} WHERE ts < ?", (limit,))  # noqa: S608
                 while chunk := old.fetchmany(1000):
-                    # A contentless FTS5 row is removed by giving back the words it was indexed with.
+                    # A contentless FTS5 row is removed by giving back the tokens it was indexed with.
                     conn.executemany(
                         f"INSERT INTO words_{day} (words_{day}, rowid, words) VALUES ('delete', ?, ?)",  # noqa: S608
-                        [(n, _text(_strings(json.loads(doc), 0))) for n, doc in chunk],
+                        [(n, _fts_text(_strings(json.loads(doc), 0))) for n, doc in chunk],
                     )
                     removed += len(chunk)
                 conn.execute(f"DELETE FROM events_{day} WHERE ts < ?", (limit,))  # noqa: S608

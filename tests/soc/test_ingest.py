@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -20,7 +21,7 @@ import pytest
 
 from core.events import Category, Event, EventBus, Outcome, RecordingEmitter
 from core.eventstore import Query
-from soc.ingest import REDACTED, DocumentRefused, Ingest, normalise
+from soc.ingest import MAX_DOCUMENT_BYTES, REDACTED, DocumentRefused, Ingest, normalise
 from soc.spool import Spool, SpoolFull
 from soc.stores.sqlite import SqliteEventStore
 
@@ -266,6 +267,27 @@ def test_an_ordinary_flat_document_is_normalised_as_any_other() -> None:
         normalise({**flat, "@timestamp": "2026-13-02T09:00:00.000000Z"})
     with pytest.raises(DocumentRefused, match="a list holds only"):
         normalise({**flat, "user.roles": [{"a": 1}]})
+    for bad in (float("nan"), float("inf")):  # JSON has neither: refused, not written as null
+        with pytest.raises(DocumentRefused, match="not a JSON scalar"):
+            normalise({**flat, "labels.ratio": bad})
+        with pytest.raises(DocumentRefused, match="a list holds only"):
+            normalise({**flat, "user.roles": ["a", bad]})
+    with pytest.raises(DocumentRefused, match="not a JSON scalar"):
+        normalise({**flat, "labels.flag": {1, 2}})
+    assert normalise({**flat, "user.roles": ("x",)})["user.roles"] == ["x"]  # a tuple becomes a list
+
+
+def test_a_document_larger_than_the_limit_is_refused_with_its_size() -> None:
+    base = {"@timestamp": "2026-11-02T09:00:00.000000Z", "event.id": "big", "message": ""}
+    room = MAX_DOCUMENT_BYTES - len(json.dumps(base, separators=(",", ":")).encode())
+    assert normalise({**base, "message": "x" * room})["message"] == "x" * room  # exactly the limit
+    with pytest.raises(DocumentRefused, match=f"{MAX_DOCUMENT_BYTES + 1} bytes of JSON, more than"):
+        normalise({**base, "message": "x" * (room + 1)})
+    # Counted in UTF-8 bytes: a Chinese character is three.
+    with pytest.raises(DocumentRefused, match="more than"):
+        normalise({**base, "message": "张" * (room // 3 + 1)})
+    with pytest.raises(DocumentRefused, match="more than"):  # the general path counts alike
+        normalise({**base, "labels": {"note": "x" * (room + 1)}})
 
 
 async def test_documents_are_stored_exactly_whatever_their_characters(pipeline: Pipeline) -> None:

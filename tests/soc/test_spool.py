@@ -650,3 +650,39 @@ async def test_handed_over_documents_are_kept_without_a_copy(tmp_path: Path) -> 
         assert batch is not None
         assert batch.documents[0] == mine[0] and batch.documents[0] is not mine[0]
         assert batch.documents[1] is handed[0]
+
+
+async def test_normalised_documents_keep_any_text_through_disk_and_recovery(tmp_path: Path) -> None:
+    # Handed-over (normalised) documents are written as UTF-8 JSON: non-ASCII text, escapes and
+    # the frame magic's own bytes inside a value come back the same from memory, from disk and
+    # after a torn tail is cut off behind them.
+    directory = tmp_path / "spool"
+    texts = ["王芳 登录失败", "§OGS\xa7OGS", 'quote " back\\slash', "line\nbreak\x00nul", "\u2028\u2029", "𝄞"]
+    originals = [{"event.id": str(n), "message": text, "tags": [text]} for n, text in enumerate(texts)]
+    async with Spool(directory, max_bytes=10**7) as spool:
+        for document in originals:
+            await spool.append([dict(document, tags=list(document["tags"]))], handed_over=True)
+        held = await spool.read(100)
+        assert held is not None and list(held.documents) == originals
+        assert [json.loads(text) for text in held.texts] == originals
+    (segment,) = segments(directory)
+    assert "王芳".encode() in segment.read_bytes()  # not escaped: UTF-8 on disk
+    with segment.open("ab") as file:
+        file.write((await frame_of(tmp_path / "scratch", 4))[:-5])
+    async with Spool(directory, max_bytes=10**7, keep_recent=0) as spool:
+        assert spool.backlog_documents == len(texts)
+        batch = await spool.read(100)
+        assert batch is not None and list(batch.documents) == originals
+        assert [json.loads(text) for text in batch.texts] == originals
+
+
+async def test_a_handed_over_batch_that_orjson_cannot_write_is_written_by_the_standard_library(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path, max_bytes=10**7) as spool:
+        huge = {"event.id": "1", "n": 2**70}  # beyond 64 bits
+        surrogate = {"event.id": "2", "message": "lone \udc80 surrogate"}
+        await spool.append([huge, surrogate], handed_over=True)
+    async with Spool(tmp_path, max_bytes=10**7) as spool:
+        batch = await spool.read(10)
+        assert batch is not None and list(batch.documents) == [huge, surrogate]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from core.eventstore import Bucket, Query, QueryError, StoreUnavailable, words
+from core.eventstore import Bucket, Query, QueryError, StoreUnavailable, WriteResult, words
 from soc.stores.sqlite import SqliteEventStore
 from tests.soc.backends.sqlite import open_store
 
@@ -384,3 +385,87 @@ async def test_aggregation_arguments_are_checked(store: SqliteEventStore) -> Non
         await store.terms(Query(), "user.name", size=-1)
     with pytest.raises(QueryError, match="cursor"):
         await store.search(Query(after=("yesterday", "e00001")))
+
+
+def _words_version_file(path: Path, documents: list[dict[str, Any]]) -> None:
+    """A store file as earlier versions of the store wrote it: the FTS text of a document is the
+    words of its string values (now: ASCII values as they are, for the tokenizer to split)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        conn.execute("CREATE TABLE partitions (day INTEGER PRIMARY KEY, mixed INTEGER NOT NULL DEFAULT 0)")
+        hot = "user_name TEXT, source_ip TEXT, event_action TEXT, event_outcome TEXT, event_dataset TEXT"
+        conn.execute(
+            "CREATE TABLE events_20261102 (n INTEGER PRIMARY KEY, ts INTEGER NOT NULL, id TEXT NOT NULL, "
+            f"doc TEXT NOT NULL, {hot})"
+        )
+        conn.execute("CREATE INDEX events_20261102_time ON events_20261102 (ts, id)")
+        conn.execute(
+            "CREATE VIRTUAL TABLE words_20261102 USING fts5("
+            "words, content='', detail=none, tokenize=\"ascii tokenchars '_'\")"
+        )
+        conn.execute("INSERT INTO partitions (day, mixed) VALUES (20261102, 0)")
+        for n, document in enumerate(documents, 1):
+            moment = datetime.fromisoformat(document["@timestamp"].replace("Z", "+00:00"))
+            ts = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+            names = ("user.name", "source.ip", "event.action", "event.outcome", "event.dataset")
+            conn.execute(
+                "INSERT INTO events_20261102 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (n, ts, document["event.id"], json.dumps(document), *(document.get(f) for f in names)),
+            )
+            text = " ".join(
+                w for v in document.values() if isinstance(v, str) for w in [" ".join(words(v))] if w
+            )
+            conn.execute("INSERT INTO words_20261102 (rowid, words) VALUES (?, ?)", (n, text))
+            conn.execute("INSERT INTO ids VALUES (?)", (document["event.id"],))
+        conn.execute("PRAGMA user_version = 1")
+    finally:
+        conn.close()
+
+
+async def test_a_file_of_indexed_words_is_read_written_and_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    _words_version_file(
+        path,
+        [
+            doc(1, T0, message="İstanbul 张伟 signed_in"),
+            doc(2, T0 + timedelta(hours=1), message="payroll export"),
+        ],
+    )
+    async with open_store(tmp_path) as store:
+        assert ids((await store.search(Query(text="istanbul"))).hits) == []  # İ is i + a dot
+        assert ids((await store.search(Query(text="İstanbul 张伟"))).hits) == ["e00001"]
+        assert ids((await store.search(Query(text="signed_in"))).hits) == ["e00001"]
+        # Written to, the same day and a new one hold the new text: the same words.
+        await store.write(
+            [
+                doc(3, T0 + timedelta(hours=2), message="payroll İstanbul"),
+                doc(4, T0 + timedelta(days=1), message="payroll İstanbul"),
+            ]
+        )
+        assert ids((await store.search(Query(text="payroll", ascending=True))).hits) == [
+            "e00002",
+            "e00003",
+            "e00004",
+        ]
+        assert ids((await store.search(Query(text="İstanbul", ascending=True))).hits) == [
+            "e00001",
+            "e00003",
+            "e00004",
+        ]
+        assert ids(
+            (await store.search(Query(filters={"message": ["payroll İstanbul"]}, ascending=True))).hits
+        ) == [
+            "e00003",
+            "e00004",
+        ]
+        assert await store.write([doc(1, T0, message="again")]) == WriteResult(0, 1)  # ids kept
+        # Retention inside the old day removes rows from its full-text index in its form.
+        assert await store.delete_before(T0 + timedelta(minutes=30)) == 1
+        assert ids((await store.search(Query(text="İstanbul", ascending=True))).hits) == ["e00003", "e00004"]
+    with peek(path) as conn:
+        # The removed row's words left the index: its tokens were given back.
+        rows = conn.execute(
+            "SELECT rowid FROM words_20261102 WHERE words_20261102 MATCH '\"stanbul\"'"
+        ).fetchall()
+        assert rows == [(3,)]
