@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -26,6 +25,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
+
+from core.randomhex import RandomHex
 
 __all__ = [
     "ECS_FIELD_SETS",
@@ -190,11 +191,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_random_20 = RandomHex(20)
+
+
 def new_event_id() -> str:
     """32 hex digits: the millisecond of the epoch (12), then 80 random bits. Ids made in time
     order land next to each other in an index (the event stores write several times faster
     than with wholly random ids) and stay unique without coordination."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_random_20()}"
 
 
 @dataclass(frozen=True, slots=True)

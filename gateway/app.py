@@ -32,7 +32,6 @@ app with OneGate's usual middleware, handles them, and the deny / sign-in / erro
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from core.events import Category, Event, EventEmitter, Outcome
 from core.kv import KVError
 from core.logging import get_logger
 from core.net import TrustedProxies, client_address
+from core.randomhex import RandomHex
 from gateway.assertion import AssertionIssuer, Identity
 from gateway.blocks import AddressBlocks, Block
 from gateway.headers import (
@@ -128,27 +128,8 @@ def login_url(return_to: str, decision: Decision | None = None) -> str:
     return url
 
 
-class _RequestIds:
-    """Request ids: 64 random bits each, as 16 hex digits, read from the operating system 256 at
-    a time (one system call per 256 requests instead of one each). A forked child starts with
-    none, so that it never repeats its parent's."""
-
-    def __init__(self) -> None:
-        self._ids: list[str] = []
-
-    def __call__(self) -> str:
-        ids = self._ids
-        if not ids:
-            block = os.urandom(8 * 256).hex()
-            ids.extend(block[i : i + 16] for i in range(0, len(block), 16))
-        return ids.pop()
-
-    def clear(self) -> None:
-        self._ids.clear()
-
-
-_request_id = _RequestIds()
-os.register_at_fork(after_in_child=_request_id.clear)
+# Request ids: 64 random bits each, as 16 hex digits.
+_request_id = RandomHex(16)
 
 
 class _Body:

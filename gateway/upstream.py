@@ -1025,7 +1025,7 @@ class UpstreamPool:
         stack = self._idle.get(origin)
         if not stack:
             return None
-        now = asyncio.get_running_loop().time()
+        now = stack[-1].loop.time()  # the connection's loop (asyncio.get_running_loop() calls getpid)
         while stack:
             conn = stack.pop()  # LIFO: the warmest connection, least likely closed upstream
             conn.in_idle = False
