@@ -107,6 +107,9 @@ class AlertStore:
         self._clock = clock
         self.sla_targets = sla
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        # Changes to one alert from this process wait for each other here rather than race in
+        # the database and retry (other processes' changes still meet the version check).
+        self._change_locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -488,7 +491,8 @@ class AlertStore:
             await s.flush()
             return change
 
-        change = await self._transaction(work)
+        async with self._change_locks[hash(alert_id) % _LOCK_STRIPES]:
+            change = await self._transaction(work)
         self._emit(alert_changed(change.alert, change.entry))
         return change.alert
 
