@@ -47,9 +47,10 @@ with the standard library's ``sqlite3``. Decisions:
   in SQLite's C on the store's thread rather than in Python on the writer's); any other value,
   or one with a ``_`` (a lone one is no word), goes as its words, space-separated (the
   tokenizer keeps every non-ASCII character inside a token). The table is contentless
-  (``content=''``, ``detail=none``): the text is not stored twice, and a row is removed by
-  recomputing its text from the stored document (the same tokens as the words that earlier
-  versions of this store indexed, so their rows are removed alike).
+  (``content=''``, ``detail=none``; days created from now on also ``columnsize=0``: nothing
+  ranks, so no token count per row is kept): the text is not stored twice, and a row is
+  removed by recomputing its text from the stored document (the same tokens as the words that
+  earlier versions of this store indexed, so their rows are removed alike).
 * **Queries compile to SQL with bound parameters only.** Values, JSON paths and FTS5 expressions
   are parameters; field names are checked against the query language's field grammar (no quote
   can occur) before they become a JSON path ``$."user.name"``. The only names formatted into SQL
@@ -761,7 +762,7 @@ def _create_partition(conn: sqlite3.Connection, day: int) -> None:
     conn.execute(f"CREATE INDEX {events}_time ON {events} (ts, id)")
     conn.execute(
         f"CREATE VIRTUAL TABLE {text} USING fts5("
-        "words, content='', detail=none, tokenize=\"ascii tokenchars '_'\")"
+        "words, content='', detail=none, columnsize=0, tokenize=\"ascii tokenchars '_'\")"
     )
     conn.execute("INSERT INTO partitions (day, mixed) VALUES (?, 0)", (day,))
 
