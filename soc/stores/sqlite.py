@@ -142,10 +142,9 @@ _TIMESTAMP = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d)(?:\.(\d{1,9}))?(?:[Zz]|[+-]00:00)"
 )
 _LISTS = (list, tuple)  # tuples in isinstance: faster than X | Y on the write path
-_STR_TYPE = {str}
-_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
-_SCALARS_OR_LIST = _SCALAR_TYPES | {list}
 _STR_OR_NONE = frozenset((str, type(None)))
+_NUMBER_TYPES = frozenset((int, float, bool))
+_UNDERSCORE_ENDING = re.compile(r"_(?![0-9A-Za-z_])")  # a "_" that ends a run of word characters
 _NUMBERS = (int, float)
 _INTEGER = re.compile(r"-?\d+")
 _WORD_CHARACTER = re.compile(r"\w")  # as in core.eventstore.words
@@ -231,22 +230,6 @@ def _day_span(day: int) -> tuple[int, int]:
 def _strings(document: Mapping[str, Any], position: int) -> list[str]:
     """The document's string values in order, list elements included; refuses field names that
     are not strings and values that are neither JSON scalars nor lists of them."""
-    if type(document) is dict and set(map(type, document)) == _STR_TYPE:
-        # The common case, checked by set operations in C (the order of the strings does not
-        # matter to the full-text index).
-        values = document.values()
-        kinds = set(map(type, values))
-        if kinds <= _SCALAR_TYPES:
-            return [value for value in values if type(value) is str]
-        if kinds <= _SCALARS_OR_LIST:
-            found = [value for value in values if type(value) is str]
-            for value in values:
-                if type(value) is list:
-                    if not set(map(type, value)) <= _SCALAR_TYPES:
-                        break
-                    found += [item for item in value if type(item) is str]
-            else:
-                return found
     strings: list[str] = []
     for key, value in document.items():
         if type(key) is not str:
@@ -286,11 +269,41 @@ def _words_of(value: str) -> str:
     return found
 
 
+def _spooled_strings(document: dict[str, Any]) -> list[str] | None:
+    """:func:`_strings` of a document read from the ingest spool (JSON: its names are strings),
+    or None when a value is neither a JSON scalar nor a list of strings (:func:`_strings` then
+    checks it and says what is wrong)."""
+    strings: list[str] = []
+    for value in document.values():
+        kind = type(value)
+        if kind is str:
+            strings.append(value)
+        elif kind is list:
+            for item in value:
+                if type(item) is str:
+                    strings.append(item)
+                elif not (item is None or type(item) in _NUMBER_TYPES):
+                    return None
+        elif not (value is None or kind in _NUMBER_TYPES):
+            return None
+    return strings
+
+
+def _lone_underscore(text: str) -> bool:
+    """Whether ASCII ``text`` holds a ``_`` between two non-word characters: a token of its own
+    for FTS5's tokenizer, but no word for :func:`core.eventstore.words`."""
+    for found in _UNDERSCORE_ENDING.finditer(text):
+        at = found.start()
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
+            return True
+    return False
+
+
 def _fts_text(strings: list[str]) -> str:
     """What the FTS column holds for a document's string values (module docstring): each
     value apart, so no word spans two."""
     text = "\n".join(strings)
-    if text.isascii() and "_" not in text:
+    if text.isascii() and ("_" not in text or not _lone_underscore(text)):
         return text.lower()
     return "\n".join([v.lower() if v.isascii() and "_" not in v else _words_of(v) for v in strings])
 
@@ -309,7 +322,11 @@ def _prepare(position: int, document: Any, spooled: str | None = None) -> _Row:
         raise ValueError(f"documents[{position}] has no event.id")
     if not isinstance(event_id, str) or not event_id:
         raise ValueError(f"documents[{position}]: event.id must be a non-empty string")
-    strings = _strings(document, position)
+    strings = None
+    if spooled is not None and type(document) is dict:
+        strings = _spooled_strings(document)
+    if strings is None:
+        strings = _strings(document, position)
     if spooled is not None and "\\u" not in spooled:
         # The spool's JSON is compact JSON of the same document; it may escape non-ASCII
         # characters as \uXXXX, which we keep as they are: without an escape it serves as is.

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.eventstore import Bucket, Query, QueryError, StoreUnavailable, WriteResult, words
-from soc.stores.sqlite import SqliteEventStore
+from soc.stores.sqlite import SqliteEventStore, _fts_text
 from tests.soc.backends.sqlite import open_store
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -469,3 +471,26 @@ async def test_a_file_of_indexed_words_is_read_written_and_trimmed(tmp_path: Pat
             "SELECT rowid FROM words_20261102 WHERE words_20261102 MATCH '\"stanbul\"'"
         ).fetchall()
         assert rows == [(3,)]
+
+
+_VALUE = st.text(
+    alphabet=st.sampled_from([*"aZ09_ -./:()", "é", "İ", "张", "，", "\u0301", "\n"]), max_size=12
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_VALUE, max_size=5))
+def test_the_full_text_column_gives_fts5_exactly_the_words_of_the_values(values: list[str]) -> None:
+    # What the store gives FTS5 for a document's string values, split by the very tokenizer the
+    # store's tables use, is the words core.eventstore.words finds in those values, each time
+    # as often: the query side (words) and the index agree, and a row is removed by giving back
+    # the same tokens whichever text form it went in with.
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE VIRTUAL TABLE t USING fts5(words, tokenize=\"ascii tokenchars '_'\")")
+        conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        conn.execute("INSERT INTO t (rowid, words) VALUES (1, ?)", (_fts_text(values),))
+        tokens = sorted(term for (term,) in conn.execute("SELECT term FROM v"))
+    finally:
+        conn.close()
+    assert tokens == sorted(word for value in values for word in words(value))
