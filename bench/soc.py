@@ -3,11 +3,12 @@ scheduled Sigma rule over a day of events.
 
 Ingest: the path measured is the product's: ``Ingest.accept`` (normalise, append to the spool
 with fsync, acknowledge) in batches of ``BATCH`` events from a source task, while the writer task
-reads the spool and writes to the store in batches of 1,000, committing after each write. The
-figure is events acknowledged *and* stored (spool drained) per second of wall time, over
-``EVENTS`` events shaped like a gateway access event (about 600 bytes, ids made as the gateway
-makes them). One event loop (uvloop, as ``onegate serve`` runs the SOC) on one core; the SQLite
-store's own thread and the spool's threads run beside it.
+reads the spool and writes to the store in batches of up to ``soc.ingest_batch`` (its default,
+5,000), committing after each write. The figure is events acknowledged *and* stored (spool
+drained) per second of wall time, over ``EVENTS`` events shaped like a gateway access event
+(about 600 bytes, ids made as the gateway makes them). One event loop (uvloop, as ``onegate
+serve`` runs the SOC) on one core; the SQLite store's own thread and the spool's threads run
+beside it.
 
 * ``sqlite_ingest_eps``: into a new SQLite store file;
 * ``sqlite_ingest_detect_eps``: the same with streaming detections in the writer (all built-in
@@ -45,6 +46,7 @@ from typing import Any
 from core.events import Category, Event, EventBus, Outcome, new_event_id
 from core.eventstore import EventStore
 from core.kv import MemoryKV
+from core.settings import SocSettings
 from soc.detections.model import Signal
 from soc.ingest import Ingest
 from soc.spool import Spool
@@ -123,7 +125,7 @@ async def _through(
     store: EventStore, spool_dir: Path, events: list[dict[str, Any]], *, detector: Any = None
 ) -> float:
     async with Spool(spool_dir, max_bytes=1 << 30) as spool:
-        ingest = Ingest(spool, store, batch_size=1000, detector=detector)
+        ingest = Ingest(spool, store, batch_size=SocSettings().ingest_batch, detector=detector)
         writer = asyncio.create_task(ingest.run())
         started = time.perf_counter()
         for i in range(0, len(events), BATCH):

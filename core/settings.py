@@ -299,7 +299,12 @@ class SocSettings(_Section):
         ge=1 << 20,
         description="Disk the ingest spool may use while the store is down or slow (bytes).",
     )
-    ingest_batch: int = Field(1000, ge=1, le=10000, description="Documents written to the store per batch.")
+    ingest_batch: int = Field(
+        5000,
+        ge=1,
+        le=10000,
+        description="Documents written to the store per batch, at most (a backlog goes in such batches).",
+    )
     rules_disabled: list[str] = Field(
         default_factory=list, description="Built-in detection rules not to run (rule ids)."
     )

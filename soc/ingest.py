@@ -253,7 +253,7 @@ class Ingest:
         events: EventEmitter | None = None,
         detector: Detector | None = None,
         tag: Callable[[Mapping[str, Any]], str | None] | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
