@@ -415,9 +415,7 @@ def _words_version_file(path: Path, documents: list[dict[str, Any]]) -> None:
                 "INSERT INTO events_20261102 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (n, ts, document["event.id"], json.dumps(document), *(document.get(f) for f in names)),
             )
-            text = " ".join(
-                w for v in document.values() if isinstance(v, str) for w in [" ".join(words(v))] if w
-            )
+            text = " ".join(w for v in document.values() if isinstance(v, str) for w in words(v))
             conn.execute("INSERT INTO words_20261102 (rowid, words) VALUES (?, ?)", (n, text))
             conn.execute("INSERT INTO ids VALUES (?)", (document["event.id"],))
         conn.execute("PRAGMA user_version = 1")
