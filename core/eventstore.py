@@ -38,6 +38,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 __all__ = [
+    "CASELESS",
     "MAX_DEPTH",
     "MAX_QUERY",
     "And",
@@ -65,6 +66,7 @@ __all__ = [
 MAX_QUERY = 4096
 MAX_DEPTH = 32
 MAX_SIZE = 10_000  # hits per search page
+CASELESS = ".caseless"  # a native query's field suffix: the field's strings lower-cased (NativeQuery)
 
 
 class QueryError(ValueError):
@@ -320,7 +322,12 @@ class NativeQuery:
     are the dotted field names listed in ``fields``, quoted (`` `user.name` ``), each standing for
     any one element of the field's value. Unlike :class:`Query` it is not parsed here: it comes
     from a rule an administrator installed, never from a console user's text, and the stores still
-    run it read-only."""
+    run it read-only.
+
+    A field named ``<name>.caseless`` (:data:`CASELESS`) stands for the lower-cased string values
+    of ``<name>`` (other values as they are), so that a text holding lower-cased strings matches
+    them whatever their case: Sigma's default. The search stores index it as a sub-field; SQLite
+    computes it."""
 
     texts: Mapping[str, str]
     fields: tuple[str, ...] = ()

@@ -21,9 +21,11 @@ expressions are not Python's or SQLite's). See docs/soc.md, "Sigma rules".
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
+from sigma.conditions import ConditionOR
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaTransformationError
 from sigma.processing.conditions import LogsourceCondition, RuleProcessingCondition
@@ -31,9 +33,17 @@ from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import AddConditionTransformation, FieldMappingTransformation
 from sigma.processing.transformations.base import DetectionItemTransformation, PreprocessingTransformation
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaLogSource, SigmaRule
-from sigma.types import SigmaCIDRExpression, SigmaRegularExpression
+from sigma.types import (
+    SigmaCasedString,
+    SigmaCIDRExpression,
+    SigmaNumber,
+    SigmaRegularExpression,
+    SigmaString,
+    SigmaType,
+)
 
 from core.events import ECS_FIELD_SETS
+from core.eventstore import CASELESS
 
 __all__ = [
     "ECS_NAMESPACES",
@@ -179,6 +189,83 @@ class RefuseUnknownFields(DetectionItemTransformation):
                 self.apply_detection_item(item)
 
 
+def _plain(value: SigmaCasedString) -> SigmaString:
+    """A ``|cased`` value as a plain string (the same parts), for a field that keeps case."""
+    plain = SigmaString(value.original)
+    plain.s = value.s
+    return plain
+
+
+def _has_case(value: SigmaString) -> bool:
+    """Whether a letter of ``value`` has another case: without one (``403``, ``10.0.0.1``,
+    ``/*``) a case-insensitive match is a plain one, which also works on a number field."""
+    return any(part.lower() != part.upper() for part in value.s if isinstance(part, str))
+
+
+@dataclass
+class CaselessStrings(DetectionItemTransformation):
+    """Sigma matches strings case-insensitively unless ``|cased``: a string value is lower-cased
+    and compared with the field's ``.caseless`` form (core.eventstore.CASELESS: a sub-field on the
+    search stores, computed by SQLite). A ``|cased`` value, or one with no letter that has a case,
+    is compared with the field itself, which keeps case. So are other values (numbers, booleans,
+    null, ranges, ``|cidr``, ``|exists``). An item holding both kinds becomes two items linked as
+    its values were (any of them, or all)."""
+
+    def apply_detection_item(
+        self, detection_item: SigmaDetectionItem
+    ) -> SigmaDetectionItem | SigmaDetection | None:
+        name = detection_item.field
+        if name is None or name.endswith(CASELESS):
+            return None
+        caseless: list[SigmaType] = []
+        kept: list[SigmaType] = []
+        for value in detection_item.value:
+            if isinstance(value, SigmaCasedString):
+                kept.append(_plain(value))
+            elif isinstance(value, SigmaString) and _has_case(value):
+                caseless.append(value.lower())
+            else:
+                kept.append(value)
+        items: list[SigmaDetectionItem | SigmaDetection] = []
+        if caseless:
+            items.append(
+                dataclasses.replace(
+                    detection_item, field=name + CASELESS, value=caseless, auto_modifiers=False
+                )
+            )
+        if kept:
+            items.append(dataclasses.replace(detection_item, value=kept, auto_modifiers=False))
+        if len(items) == 1:
+            return items[0]
+        return SigmaDetection(items, item_linking=detection_item.value_linking)
+
+
+_DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class NumberStringsAsNumbers(DetectionItemTransformation):
+    """SQL only: a string value that is a decimal number (``sc-status: '404'``) also matches the
+    number, as on the search stores, where a number field reads the query's text as a number
+    (SQLite does not compare a JSON number equal to text). Only for items that need any one
+    value: under ``|all`` an extra value would be one more condition."""
+
+    def apply_detection_item(self, detection_item: SigmaDetectionItem) -> SigmaDetectionItem | None:
+        if detection_item.field is None or detection_item.value_linking is not ConditionOR:
+            return None
+        numbers: list[SigmaType] = [
+            SigmaNumber(float(text) if "." in text else int(text))
+            for value in detection_item.value
+            if type(value) is SigmaString
+            and not value.contains_special()
+            and _DECIMAL.fullmatch(text := str(value)) is not None
+        ]
+        if not numbers:
+            return None
+        detection_item.value = [*detection_item.value, *numbers]
+        return detection_item
+
+
 @dataclass
 class CidrOnAddressField(DetectionItemTransformation):
     """Points ``|cidr`` on an address field at its ``.ip`` sub-field: the search stores index
@@ -210,6 +297,7 @@ def onegate_pipeline(*, lucene: bool) -> ProcessingPipeline:
             rule_condition_linking=any,
         ),
         ProcessingItem(identifier="onegate_known_fields", transformation=RefuseUnknownFields()),
+        ProcessingItem(identifier="onegate_caseless", transformation=CaselessStrings()),
         ProcessingItem(
             identifier="onegate_web_access",
             transformation=AddConditionTransformation({"event.action": "access"}),
@@ -232,4 +320,6 @@ def onegate_pipeline(*, lucene: bool) -> ProcessingPipeline:
         )
     if lucene:
         items.append(ProcessingItem(identifier="onegate_cidr", transformation=CidrOnAddressField()))
+    else:
+        items.append(ProcessingItem(identifier="onegate_numbers", transformation=NumberStringsAsNumbers()))
     return ProcessingPipeline(name="OneGate ECS events", priority=20, items=items)

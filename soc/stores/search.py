@@ -17,7 +17,9 @@ core.eventstore to the query DSL, writing, paging, aggregations and retention. T
   takes the cursor's time as the nanoseconds the server sorts by. ``source.ip``,
   ``destination.ip`` and ``client.ip`` are keywords too, with an ``ip`` sub-field (``.ip``,
   malformed values ignored) for address-range queries: Elasticsearch refuses prefix queries on
-  ``ip`` fields, and a keyword never refuses a document.
+  ``ip`` fields, and a keyword never refuses a document. Every string field also has a
+  ``caseless`` sub-field (a keyword through the built-in ``lowercase`` normalizer) that Sigma rules
+  read, since Sigma matches strings case-insensitively; the query language does not use it.
 * **Documents stay flat.** ``_source`` is kept as sent, so hits come back exactly as written
   (types, lists, dotted names); the hidden field is removed here, not by source filtering, which
   some servers answer with nested objects.
@@ -63,6 +65,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from core.eventstore import (
+    CASELESS,
     MAX_SIZE,
     And,
     Bucket,
@@ -83,6 +86,7 @@ from core.eventstore import (
     number,
     words,
 )
+from core.logging import get_logger
 
 __all__ = [
     "IP_FIELDS",
@@ -95,6 +99,8 @@ __all__ = [
     "compile_query",
     "index_template",
 ]
+
+_log = get_logger("onegate.soc.store")
 
 WORDS_FIELD = "onegate_words"
 IP_FIELDS = ("source.ip", "destination.ip", "client.ip")
@@ -109,6 +115,9 @@ _PREFIX = re.compile(r"[a-z0-9][a-z0-9_]*(?:-[a-z0-9_]+)*")
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
 _MAX_ID_BYTES = 512  # the servers' limit on _id
 _KEYWORD = {"type": "keyword", "ignore_above": 8191}  # 8191 characters stay under Lucene's 32 KiB term
+# Every string field's lower-cased twin (core.eventstore.CASELESS), read by native queries: the
+# servers' built-in ``lowercase`` normalizer, so no analysis settings are needed.
+_CASELESS_FIELD = {CASELESS.lstrip("."): {**_KEYWORD, "normalizer": "lowercase"}}
 # Shard failures that mean the query does not fit the data, not that the server is unwell.
 _QUERY_FAILURES = (
     "query_shard_exception",
@@ -223,7 +232,10 @@ def index_template(prefix: str, *, lifecycle: str | None = None) -> dict[str, An
             f"ip_{n}": {
                 "path_match": name,
                 "match_mapping_type": "string",
-                "mapping": {**_KEYWORD, "fields": {"ip": {"type": "ip", "ignore_malformed": True}}},
+                "mapping": {
+                    **_KEYWORD,
+                    "fields": {"ip": {"type": "ip", "ignore_malformed": True}, **_CASELESS_FIELD},
+                },
             }
         }
         for n, name in enumerate(IP_FIELDS)
@@ -238,12 +250,17 @@ def index_template(prefix: str, *, lifecycle: str | None = None) -> dict[str, An
                 "numeric_detection": False,
                 "dynamic_templates": [
                     *ip_fields,
-                    {"strings": {"match_mapping_type": "string", "mapping": _KEYWORD}},
+                    {
+                        "strings": {
+                            "match_mapping_type": "string",
+                            "mapping": {**_KEYWORD, "fields": _CASELESS_FIELD},
+                        }
+                    },
                     {"decimals": {"match_mapping_type": "double", "mapping": {"type": "double"}}},
                 ],
                 "properties": {
                     "@timestamp": {"type": "date_nanos"},
-                    "event": {"properties": {"id": {"type": "keyword"}}},
+                    "event": {"properties": {"id": {"type": "keyword", "fields": _CASELESS_FIELD}}},
                     WORDS_FIELD: {
                         "type": "text",
                         "analyzer": "whitespace",  # the words are cut and lower-cased before
@@ -340,6 +357,8 @@ class _Api(Protocol):
     server: str  # "<name> at <scheme>://<host>:<port>", for messages
 
     async def put_template(self, name: str, template: dict[str, Any]) -> Any: ...
+    async def get_mappings(self, pattern: str) -> Any: ...
+    async def put_mapping(self, index: str, mapping: dict[str, Any]) -> Any: ...
     async def put_lifecycle(self, name: str, policy: dict[str, Any]) -> Any: ...
     async def bulk(self, operations: list[dict[str, Any]]) -> Any: ...
     async def search(self, index: str, body: dict[str, Any]) -> Any: ...
@@ -383,6 +402,13 @@ class _OpenSearchApi:
 
     async def put_template(self, name: str, template: dict[str, Any]) -> Any:
         return await self._call(self._client.indices.put_index_template(name=name, body=template))
+
+    async def get_mappings(self, pattern: str) -> Any:
+        params = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+        return await self._call(self._client.indices.get_mapping(index=pattern, params=params))
+
+    async def put_mapping(self, index: str, mapping: dict[str, Any]) -> Any:
+        return await self._call(self._client.indices.put_mapping(index=index, body=mapping))
 
     async def put_lifecycle(self, name: str, policy: dict[str, Any]) -> Any:
         raise StoreUnavailable("OpenSearch manages index lifecycles with ISM; ILM is Elasticsearch's")
@@ -450,6 +476,14 @@ class _ElasticsearchApi:
     async def put_template(self, name: str, template: dict[str, Any]) -> Any:
         return await self._call(self._client.indices.put_index_template(name=name, **template))
 
+    async def get_mappings(self, pattern: str) -> Any:
+        return await self._call(
+            self._client.indices.get_mapping(index=pattern, ignore_unavailable=True, allow_no_indices=True)
+        )
+
+    async def put_mapping(self, index: str, mapping: dict[str, Any]) -> Any:
+        return await self._call(self._client.indices.put_mapping(index=index, **mapping))
+
     async def put_lifecycle(self, name: str, policy: dict[str, Any]) -> Any:
         return await self._call(self._client.ilm.put_lifecycle(name=name, policy=policy))
 
@@ -479,6 +513,20 @@ class _ElasticsearchApi:
 
 
 # -- the store ------------------------------------------------------------------------------------
+
+
+def _without_caseless(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword fields of a mapping's ``properties`` that have no caseless sub-field, each with
+    it added (the rest of its mapping repeated, as a mapping update must), nested as given."""
+    patch: dict[str, Any] = {}
+    for name, field in properties.items():
+        if "properties" in field:
+            inner = _without_caseless(field["properties"])
+            if inner:
+                patch[name] = {"properties": inner}
+        elif field.get("type") == "keyword" and CASELESS.lstrip(".") not in field.get("fields", {}):
+            patch[name] = {**field, "fields": {**field.get("fields", {}), **_CASELESS_FIELD}}
+    return patch
 
 
 def _document_words(document: Mapping[str, Any]) -> str:
@@ -576,7 +624,26 @@ class _SearchEventStore:
                 await self._request(self._api.put_lifecycle(lifecycle, self._ilm_policy(self._ilm_days)))
             template = index_template(self._prefix, lifecycle=lifecycle)
             await self._request(self._api.put_template(f"{self._prefix}-events", template))
+            await self._add_caseless(template["template"]["mappings"]["dynamic_templates"])
             self._template_ready = True
+
+    async def _add_caseless(self, dynamic_templates: list[dict[str, Any]]) -> None:
+        """Gives the indices made before the template had ``.caseless`` sub-fields (an upgrade)
+        the sub-field on each string field and the template's dynamic templates, so that events
+        written from now on are found by Sigma rules whatever their case. Events already stored
+        stay without it (a reindex would be needed); they leave a rule's look-back with time."""
+        mappings = await self._request(self._api.get_mappings(f"{self._prefix}-events-*"))
+        for index, found in sorted((mappings or {}).items()):
+            mapping = found.get("mappings") or {}
+            properties = _without_caseless(mapping.get("properties") or {})
+            current = mapping.get("dynamic_templates") or []
+            if not properties and current == dynamic_templates:
+                continue
+            patch: dict[str, Any] = {"dynamic_templates": dynamic_templates}
+            if properties:
+                patch["properties"] = properties
+            await self._request(self._api.put_mapping(index, patch))
+            _log.info("caseless sub-fields added", index=index, store=self.name)
 
     @staticmethod
     def _ilm_policy(days: int) -> dict[str, Any]:

@@ -62,8 +62,10 @@ with the standard library's ``sqlite3``. Decisions:
   element" matches, as on the search stores), and the condition filters that. The text is an
   administrator's rule, not user input, but it still runs under an authorizer that allows only
   reading that day's table and a short list of scalar functions (no write, ``ATTACH`` or
-  ``PRAGMA``), with ``LIKE`` made case-sensitive so that a rule matches the same events as on
-  the search stores, whose strings are keywords.
+  ``PRAGMA``), with ``LIKE`` made case-sensitive: a field named ``<name>.caseless``
+  (:data:`core.eventstore.CASELESS`) is a column of that field's strings lower-cased by Python
+  (all of Unicode), which a rule compares with lower-cased values to match whatever the case,
+  and ``|cased`` values compare with the field itself.
 * **Errors.** A database that cannot be opened, is locked past ``busy_timeout``, is read-only or
   full raises :class:`~core.eventstore.StoreUnavailable` with one line of reason; the connection is
   dropped and reopened by the next call, so the store works again once the cause is gone. A bad
@@ -89,6 +91,7 @@ from typing import Any, TypeVar
 import orjson
 
 from core.eventstore import (
+    CASELESS,
     MAX_SIZE,
     And,
     Bucket,
@@ -643,6 +646,9 @@ class SqliteEventStore:
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA temp_store = MEMORY")
+            # Native queries' caseless columns: Python's lower-casing (all of Unicode, as the
+            # search servers' normalizer; SQLite's lower() knows ASCII only).
+            conn.create_function(_CASELESS_FUNCTION, 1, _caseless, deterministic=True)
             with _transaction(conn, immediate=False):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
@@ -1012,10 +1018,28 @@ def _histogram(conn: sqlite3.Connection, query: Query, width: int) -> dict[int, 
     return counts
 
 
-# What a native condition may call: the forms pysigma-backend-sqlite writes, and plain text helpers.
+# What a native condition may call: the forms pysigma-backend-sqlite writes, plain text helpers,
+# and the function behind caseless columns (_native_from).
+_CASELESS_FUNCTION = "onegate_caseless"
 _NATIVE_FUNCTIONS = frozenset(
-    ("like", "glob", "coalesce", "ifnull", "lower", "upper", "instr", "substr", "length", "count")
+    (
+        "like",
+        "glob",
+        "coalesce",
+        "ifnull",
+        "lower",
+        "upper",
+        "instr",
+        "substr",
+        "length",
+        "count",
+        _CASELESS_FUNCTION,
+    )
 )
+
+
+def _caseless(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _unavailable_reason(exc: sqlite3.DatabaseError) -> bool:
@@ -1044,14 +1068,30 @@ def _native_authorizer(table: str) -> Callable[[int, str | None, str | None, str
 
 def _native_from(day: int, fields: Sequence[str]) -> tuple[str, list[str]]:
     """The subquery over one day: its rows with each of ``fields`` as a column (one row per element
-    of a list, NULL when the field is absent), and the JSON paths it binds first."""
-    columns = "".join(f', f{i}.value AS "{field}"' for i, field in enumerate(fields))
+    of a list, NULL when the field is absent; a ``<name>.caseless`` field is ``<name>`` with its
+    strings lower-cased), and the JSON paths it binds first."""
+    columns = []
+    paths = []
+    for i, field in enumerate(fields):
+        path = _path(field)  # checks the name: no quote can occur in it
+        if field.endswith(CASELESS) and len(field) > len(CASELESS):
+            path = _path(field.removesuffix(CASELESS))
+            value = f"f{i}.value"
+            # ASCII text (as many bytes as characters): SQLite's own lower() is exact and cheap.
+            columns.append(
+                f", CASE WHEN f{i}.type <> 'text' THEN {value}"
+                f" WHEN length(CAST({value} AS BLOB)) = length({value}) THEN lower({value})"
+                f' ELSE {_CASELESS_FUNCTION}({value}) END AS "{field}"'
+            )
+        else:
+            columns.append(f', f{i}.value AS "{field}"')
+        paths.append(path)
     joins = "".join(f" LEFT JOIN json_each(e.doc, ?) AS f{i}" for i in range(len(fields)))
     sql = (
         "(SELECT e.n AS sigma__n, e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS sigma__doc"  # noqa: S608
-        f"{columns} FROM events_{day} AS e{joins} WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
+        f"{''.join(columns)} FROM events_{day} AS e{joins} WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
     )
-    return sql, [_path(field) for field in fields]
+    return sql, paths
 
 
 def _native_search(

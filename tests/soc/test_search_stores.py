@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from opensearchpy import AsyncOpenSearch
 
-from core.eventstore import Bucket, Query, QueryError, StoreUnavailable
+from core.eventstore import Bucket, NativeQuery, Query, QueryError, StoreUnavailable
 from soc.stores.search import (
     WORDS_FIELD,
     DocumentsRefused,
@@ -88,6 +88,62 @@ def field_mapping(mapping: dict[str, Any], dotted: str) -> dict[str, Any]:
 # -- the index template and daily indices ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_indices_made_before_caseless_sub_fields_get_them_for_new_events(
+    backend: str, raw: AsyncOpenSearch
+) -> None:
+    # An index as an earlier version made it: strings are keywords without a .caseless sub-field.
+    prefix = f"test-{secrets.token_hex(6)}"
+    index = f"{prefix}-events-2026.11.02"
+    old_strings = {"match_mapping_type": "string", "mapping": {"type": "keyword", "ignore_above": 8191}}
+    await raw.indices.create(
+        index=index,
+        body={
+            "mappings": {
+                "dynamic_templates": [{"strings": old_strings}],
+                "properties": {
+                    "@timestamp": {"type": "date_nanos"},
+                    "event": {"properties": {"id": {"type": "keyword"}}},
+                },
+            }
+        },
+    )
+    before = event(1, at(0), **{"user_agent.original": "SQLMap/1.6"})
+    await raw.index(index=index, body=before, id="e0001", params={"refresh": "true"})
+    kind = OpenSearchEventStore if backend == "opensearch" else ElasticsearchEventStore
+    store = kind(url_of(backend), prefix=prefix)
+    try:
+        await store.open()  # installs the template and brings the old index up to it
+        mapping = (await raw.indices.get_mapping(index=index))[index]["mappings"]
+        for name in ("user_agent.original", "event.id", "event.action"):
+            assert (
+                field_mapping(mapping["properties"], name)["fields"]["caseless"]["normalizer"] == "lowercase"
+            )
+        assert field_mapping(mapping["properties"], "user_agent.original")["ignore_above"] == 8191
+        assert "caseless" in json.dumps(mapping["dynamic_templates"])
+        after = [
+            event(2, at(1), **{"user_agent.original": "SQLMAP/1.7"}),
+            event(3, at(2), **{"url.path": "/Admin/Users"}),  # a field the index has not seen
+        ]
+        assert (await store.write(after)).written == 2
+        for text, found in [
+            ("user_agent.original.caseless:*sqlmap*", ["e0002"]),  # e0001 was indexed before
+            (r"url.path.caseless:\/admin*", ["e0003"]),
+            ("user_agent.original:*SQLMap*", ["e0001"]),  # the field itself keeps case
+        ]:
+            native = NativeQuery(texts={backend: text})
+            assert ids((await store.native_search(native, T0, T0 + timedelta(hours=1), 10)).hits) == found
+        settled = (await raw.indices.get_mapping(index=index))[index]["mappings"]
+        assert "caseless" in field_mapping(settled["properties"], "url.path")["fields"]
+        await store.close()
+        store = kind(url_of(backend), prefix=prefix)
+        await store.open()  # opened again: the mapping is left as it is
+        assert (await raw.indices.get_mapping(index=index))[index]["mappings"] == settled
+    finally:
+        await store.close()
+        await search_servers.remove_opensearch_prefix(search_servers.osmem_url(), prefix)
+
+
 async def test_the_template_maps_strings_as_keywords_and_keeps_documents_flat(
     store: SearchStore, raw: AsyncOpenSearch
 ) -> None:
@@ -120,6 +176,13 @@ async def test_the_template_maps_strings_as_keywords_and_keeps_documents_flat(
     assert field_mapping(mapping, "onegate.mfa")["type"] == "boolean"
     address = field_mapping(mapping, "source.ip")
     assert address["type"] == "keyword" and address["fields"]["ip"]["type"] == "ip"
+    # Every string's lower-cased twin, for Sigma rules (core.eventstore.CASELESS)
+    for name in ("user.name", "user.roles", "source.ip"):
+        assert (
+            field_mapping(mapping, name)["fields"]["caseless"] | {"normalizer": "lowercase"}
+            == (field_mapping(mapping, name)["fields"]["caseless"])
+        )
+    assert "fields" not in field_mapping(mapping, "http.response.status_code")
     assert mapping[WORDS_FIELD] | {"type": "text", "analyzer": "whitespace"} == mapping[WORDS_FIELD]
 
     # The words of every string value (each once) are stored for searching, never handed back.

@@ -208,17 +208,19 @@ WEB_EVENTS = [
     access(1, 10, **{"url.path": "/search", "url.query": "q=1 union select password from users"}),
     access(2, 20, **{"url.path": "/items/1' or '1'='1"}),
     access(3, 30, **{"url.path": "/report", "url.query": "id=sleep(5)", "source.ip": "198.51.100.4"}),
+    access(9, 35, **{"url.path": "/Items/1' OR '1'='1", "http.request.method": "get"}),
     # near misses
     access(4, 40, **{"http.request.method": "POST", "url.query": "q=1 union select 1"}),  # not GET
     access(5, 50, **{"url.query": "q=1 union select 1", "source.ip": "10.99.3.4"}),  # internal scanner
     access(6, 60, **{"url.path": "/union/select"}),  # no space: not the string
-    access(7, 70, **{"url.query": "q=1 UNION SELECT 1"}),  # values match case-sensitively everywhere
+    access(7, 70, **{"url.query": "q=1 UNION Select 1"}),  # strings match whatever their case
     auth("w008", 80, "guest", **{"url.query": "union select"}),  # not an access event
 ]
 
 AUTH_EVENTS = [
     auth("a01", 10, "admin-hr"),
     auth("a02", 20, "administrator", **{"event.action": "mfa-failed", "event.dataset": "onegate.idp"}),
+    auth("a08", 25, "Admin-Ops", **{"event.outcome": "FAILURE"}),
     # near misses
     auth("a03", 30, "admin-hr", **{"event.outcome": "success"}),
     auth("a04", 40, "lina"),
@@ -265,40 +267,59 @@ def test_a_web_rule_compiles_to_lucene_and_sql(tmp_path: Path) -> None:
     assert info.kind == "scheduled" and info.suppress_by == ("source.ip",)
     assert info.params == {"interval_s": 300, "lookback_s": 900}
     lucene = (
-        "event.action:access AND ((http.request.method:GET AND "
-        r"((url.path:(*union\ select* OR *'\ or\ '1'\='1* OR *sleep\(*)) OR "
-        r"(url.query:(*union\ select* OR *'\ or\ '1'\='1* OR *sleep\(*)))) AND "
+        "event.action:access AND ((http.request.method.caseless:get AND "
+        r"((url.path.caseless:(*union\ select* OR *'\ or\ '1'\='1* OR *sleep\(*)) OR "
+        r"(url.query.caseless:(*union\ select* OR *'\ or\ '1'\='1* OR *sleep\(*)))) AND "
         r"(NOT source.ip.ip:10.99.0.0\/16))"
     )
     assert rule.queries["opensearch"] == lucene
     assert rule.queries["elasticsearch"] == lucene  # the two Lucene backends agree today
     assert rule.queries["sqlite"] == (
-        "`event.action`='access' AND ((`http.request.method`='GET' AND "
-        r"((`url.path` LIKE '%union select%' ESCAPE '\' OR `url.path` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
-        r"OR `url.path` LIKE '%sleep(%' ESCAPE '\') OR "
-        r"(`url.query` LIKE '%union select%' ESCAPE '\' OR `url.query` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
-        r"OR `url.query` LIKE '%sleep(%' ESCAPE '\'))) AND "
+        "`event.action`='access' AND ((`http.request.method.caseless`='get' AND "
+        r"((`url.path.caseless` LIKE '%union select%' ESCAPE '\' "
+        r"OR `url.path.caseless` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
+        r"OR `url.path.caseless` LIKE '%sleep(%' ESCAPE '\') OR "
+        r"(`url.query.caseless` LIKE '%union select%' ESCAPE '\' "
+        r"OR `url.query.caseless` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
+        r"OR `url.query.caseless` LIKE '%sleep(%' ESCAPE '\'))) AND "
         r"(NOT COALESCE((`source.ip` LIKE '10.99.%' ESCAPE '\'), 0)))"
     )
     assert rule.native is not None
     assert set(rule.native.fields) == {
         "event.action",
-        "http.request.method",
-        "url.path",
-        "url.query",
+        "http.request.method.caseless",
+        "url.path.caseless",
+        "url.query.caseless",
         "source.ip",
     }
+
+
+def test_strings_compile_to_caseless_fields_and_the_rest_stays(tmp_path: Path) -> None:
+    text = CASES.replace("sc-status: '418'", "sc-status: [403, 'Teapot', '418']")
+    rule = loaded(write_rules(tmp_path / "rules", cases=text))["Scanner Or Odd Agent"]
+    assert rule.queries["opensearch"] == (
+        "event.action:access AND (user_agent.original.caseless:*sqlmap* OR "
+        r"user_agent.original:*Nikto* OR user_agent.original.caseless:*привет* OR "
+        "(http.response.status_code.caseless:teapot OR (http.response.status_code:(403 OR 418))))"
+    )
+    assert rule.queries["sqlite"] == (
+        "`event.action`='access' AND (`user_agent.original.caseless` LIKE '%sqlmap%' ESCAPE '\\' OR "
+        "`user_agent.original` LIKE '%Nikto%' ESCAPE '\\' OR "
+        "`user_agent.original.caseless` LIKE '%привет%' ESCAPE '\\' OR "
+        "(`http.response.status_code.caseless`='teapot' OR (`http.response.status_code`=403 OR "
+        "`http.response.status_code`='418' OR `http.response.status_code`=418)))"
+    )
 
 
 def test_an_authentication_rule_selects_the_idp_s_authentication_events(tmp_path: Path) -> None:
     rule = loaded(write_rules(tmp_path / "rules", admin=ADMIN_FAILURE))["Failed Sign-In To An Admin Account"]
     assert rule.queries["opensearch"] == (
         "event.dataset:onegate.idp AND (event.category:authentication AND "
-        "(event.outcome:failure AND user.name:admin*))"
+        "(event.outcome.caseless:failure AND user.name.caseless:admin*))"
     )
     assert rule.queries["sqlite"] == (
         "`event.dataset`='onegate.idp' AND (`event.category`='authentication' AND "
-        r"(`event.outcome`='failure' AND `user.name` LIKE 'admin%' ESCAPE '\'))"
+        r"(`event.outcome.caseless`='failure' AND `user.name.caseless` LIKE 'admin%' ESCAPE '\'))"
     )
     assert (rule.info.technique, rule.info.tactic) == ("T1110.001", "credential-access")
     assert (rule.info.severity, rule.info.name.zh) == (Severity.MEDIUM, "Failed Sign-In To An Admin Account")
@@ -358,7 +379,7 @@ async def test_the_web_rule_fires_on_every_store(store: EventStore, tmp_path: Pa
     rule = loaded(write_rules(tmp_path / "rules", sqli=SQL_INJECTION))["SQL Injection Strings In URI"]
     await store.write(WEB_EVENTS)
     matches = await rule.test(store, T0, T0 + timedelta(hours=1))
-    assert ids(matches) == ["w001", "w002", "w003"]
+    assert ids(matches) == ["w001", "w002", "w003", "w009", "w007"]
     # the time range: start included, end excluded
     assert ids(await rule.test(store, T0 + timedelta(seconds=20), T0 + timedelta(seconds=30))) == ["w002"]
 
@@ -367,7 +388,7 @@ async def test_the_authentication_rule_fires_on_every_store(store: EventStore, t
     rules = loaded(write_rules(tmp_path / "rules", admin=ADMIN_FAILURE))
     await store.write(AUTH_EVENTS)
     matches = await rules["Failed Sign-In To An Admin Account"].test(store, T0, T0 + timedelta(hours=1))
-    assert ids(matches) == ["a01", "a02"]
+    assert ids(matches) == ["a01", "a02", "a08"]
 
 
 async def test_a_native_query_without_the_store_s_form_is_refused(store: EventStore) -> None:
@@ -470,7 +491,7 @@ async def test_a_scheduled_run_raises_each_match_once(tmp_path: Path) -> None:
         web = [s for s in first if s.rule.name.en == "SQL Injection Strings In URI"]
         assert sorted((s.entity["source.ip"], s.events) for s in web) == [
             ("198.51.100.4", ("w003",)),
-            ("203.0.113.7", ("w001", "w002")),
+            ("203.0.113.7", ("w001", "w002", "w009", "w007")),
         ]
         brute = by_rule["Brute Force Against One Account"]
         assert brute.entity == {"user.name": "lina", "source.ip": "10.20.1.5"}
@@ -552,3 +573,48 @@ async def test_exists_reads_absent_fields_as_absent(store: EventStore, tmp_path:
     (rule,) = loaded(write_rules(tmp_path / "rules", nosession=text)).values()
     await store.write([auth("n1", 1, "lina"), auth("n2", 2, "lina", **{"session.id": "s-1"})])
     assert ids(await rule.test(store, T0, T0 + timedelta(hours=1))) == ["n1"]
+
+
+CASES = """\
+title: Scanner Or Odd Agent
+id: 3e2d1c0b-8888-4a9b-8c7d-6e5f4a3b2c10
+status: test
+logsource:
+    category: webserver
+detection:
+    scanner:
+        cs-user-agent|contains: 'SQLMap'
+    exact:
+        cs-user-agent|contains|cased: 'Nikto'
+    cyrillic:
+        cs-user-agent|contains: 'привет'
+    status:
+        sc-status: '418'
+    condition: scanner or exact or cyrillic or status
+level: medium
+"""
+
+
+async def test_strings_match_whatever_their_case_unless_cased(store: EventStore, tmp_path: Path) -> None:
+    # Sigma compares strings case-insensitively (|cased opts out): a scanner does not evade a
+    # rule by changing the case of its user agent. Values without a letter that has a case
+    # (a status written as a string) still match a number field.
+    (rule,) = loaded(write_rules(tmp_path / "rules", cases=CASES)).values()
+    agents = {
+        "c1": "sqlmap/1.7.2#stable (https://sqlmap.org)",
+        "c2": "SQLMAP/1.7",
+        "c3": "Mozilla/5.0 sQlMaP",
+        "c4": "Mozilla/5.0 (Nikto/2.5.0)",
+        "c5": "Mozilla/5.0 (nikto/2.5.0)",  # |cased: Nikto only
+        "c6": "ПРИВЕТ-бот/1.0",  # Cyrillic upper case, lower-cased by every store
+        "c7": "Mozilla/5.0 sql map",  # near miss
+        "c8": "curl/8.4",  # near miss
+    }
+    events = [
+        access(n, n, **{"event.id": event_id, "user_agent.original": agent})
+        for n, (event_id, agent) in enumerate(agents.items(), start=1)
+    ]
+    events.append(access(9, 9, **{"event.id": "c9", "http.response.status_code": 418}))
+    await store.write(events)
+    assert ids(await rule.test(store, T0, T0 + timedelta(hours=1))) == ["c1", "c2", "c3", "c4", "c6", "c9"]
+    assert rule.native is not None and "user_agent.original" in rule.native.fields  # the |cased item
