@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.db import session_factory
 from core.events import Category, Event, EventEmitter, Outcome
 from core.eventstore import EventStore, Query
+from policy.model import client_address
 from soc.alerts.alert import utc
 from soc.alerts.models import AlertRecord
 from soc.drills.models import OUTCOMES, DrillCaseRecord, DrillRecord
@@ -181,7 +182,7 @@ class DrillTagger:
         ip = None
         if isinstance(address, str):
             try:
-                ip = ipaddress.ip_address(address)
+                ip = client_address(address)  # ::ffff:198.51.100.70 is the IPv4 address
             except ValueError:
                 ip = None
         user = doc.get("user.name")
@@ -301,7 +302,7 @@ class DrillStore:
             )
         if source is not None:
             try:
-                source = str(ipaddress.ip_address(source.strip()))
+                source = str(client_address(source.strip()))
             except ValueError:
                 raise DrillError(
                     "invalid_source", f"{source[:60]!r} is not an address", "来源地址无效"

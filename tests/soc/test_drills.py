@@ -190,6 +190,9 @@ async def test_the_tagger_follows_the_window_sources_and_accounts(pipeline: Pipe
     )
     tag = await pipeline.drills.tagger(around=T0)
     assert tag(login("someone", ok=False, ip="198.51.100.70", t=10).flat()) == "d2"
+    # as a dual-stack socket reports an IPv4 client: the same red-team address
+    assert tag(login("someone", ok=False, ip="::ffff:198.51.100.70", t=10).flat()) == "d2"
+    assert tag(login("someone", ok=False, ip="::ffff:198.51.100.72", t=10).flat()) is None
     assert tag(login("redteam01", ok=False, ip="10.0.0.1", t=10).flat()) == "d2"
     assert tag(login("someone", ok=False, ip="198.51.100.72", t=10).flat()) is None  # outside the /29
     assert tag(login("redteam01", ok=False, ip="10.0.0.1", t=3700).flat()) is None  # after the window
