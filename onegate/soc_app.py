@@ -5,8 +5,8 @@ dir by default) and wires the pipeline: the event bus of this process (``serve -
 gateway's and IdP's events) -> :class:`~soc.ingest.Ingest` (the durable spool under
 ``<data dir>/soc/spool``) -> streaming detections -> :class:`~soc.triage.Triage` (alerts,
 incidents, automatic responses) and the event store. Background tasks: the ingest writer, the
-drill tagger's refresh, the Sigma rules' schedule and retention. Response actions are carried out
-through :mod:`onegate.soc_responders`.
+drill tagger's refresh, the Sigma rules' schedule, retention and triage repair (every minute).
+Response actions are carried out through :mod:`onegate.soc_responders`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ _log = get_logger("onegate.soc")
 TAGGER_REFRESH_SECONDS = 30.0
 SIGMA_TICK_SECONDS = 15.0
 RETENTION_EVERY_SECONDS = 3600.0
+REPAIR_EVERY_SECONDS = 60.0
 
 
 def open_event_store(settings: Settings) -> EventStore:
@@ -113,6 +114,7 @@ class Soc:
             asyncio.create_task(
                 self._every(RETENTION_EVERY_SECONDS, self.apply_retention), name="soc:retention"
             ),
+            asyncio.create_task(self._every(REPAIR_EVERY_SECONDS, self.repair_triage), name="soc:repair"),
         ]
         if self.stream is not None:
             self._tasks.append(asyncio.create_task(self.stream.run(), name="soc:stream"))
@@ -146,6 +148,10 @@ class Soc:
         removed = await self.store.delete_before(cutoff)
         if removed:
             _log.info("old events removed", removed=removed, before=cutoff.isoformat())
+
+    async def repair_triage(self) -> None:
+        """Finish triage that a crash or an outage left half done (soc.triage.Triage.repair)."""
+        await self.triage.repair()
 
     async def _run_sigma(self) -> None:
         await self.scheduler.run_due()
@@ -232,7 +238,7 @@ def build_soc(runtime: Runtime, *, clock: Callable[[], float] = time.time) -> So
         clock=clock,
         on_incident=lambda incident_id, actor, note: incidents.responded(incident_id, actor=actor, note=note),
     )
-    triage = Triage(alerts, incidents, responses=responses, auto=soc.auto_response)
+    triage = Triage(alerts, incidents, responses=responses, auto=soc.auto_response, clock=clock)
     rules = builtin_rules()
     enabled = [rule.info.id for rule in rules if rule.info.id not in set(soc.rules_disabled)]
     unknown = set(soc.rules_disabled) - {rule.info.id for rule in rules}

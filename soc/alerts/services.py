@@ -373,6 +373,19 @@ class AlertStore:
             )
             return [HistoryEntry.of(row) for row in rows]
 
+    async def unlinked(self, *, before: datetime, limit: int = 500) -> builtins.list[Alert]:
+        """Alerts raised before ``before`` that belong to no incident, oldest first: what a crash
+        between raising an alert and linking it left (:meth:`soc.triage.Triage.repair`)."""
+        query = (
+            select(AlertRecord)
+            .where(AlertRecord.incident_id.is_(None), AlertRecord.created_at < before)
+            .order_by(AlertRecord.created_at, AlertRecord.id)
+            .limit(limit)
+        )
+        now = self._now()
+        async with self._sessions() as s:
+            return [self._alert(row, now) for row in await s.scalars(query)]
+
     async def _exists(self, s: AsyncSession, alert_id: str) -> None:
         found = ALERT_ID.fullmatch(alert_id) and await s.scalar(
             select(AlertRecord.id).where(AlertRecord.id == alert_id)

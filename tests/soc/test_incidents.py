@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from soc.alerts.alert import Alert
 from soc.detections.model import RuleInfo, Severity, Signal, Text
 from soc.incidents.services import IncidentError, IncidentStore
 from soc.response.services import Action, ResponseError, ResponseService
+from soc.triage import CATCH_UP_SECONDS, GRACE_SECONDS, Repaired, Triage
 
 T0 = datetime(2026, 11, 30, 1, 0, tzinfo=UTC).timestamp()
 ATTACKER = "203.0.113.7"
@@ -256,3 +258,79 @@ async def test_bad_responses_are_refused_before_anything_runs(
         await service.execute(action, target, actor="lina", reason="r", params=params)
     assert refused.value.code == code and refused.value.zh
     assert calls.calls == []
+
+
+async def test_repair_finishes_triage_that_a_crash_left_half_done(engine: AsyncEngine) -> None:
+    soc = Soc(engine)
+    calls = Responders()
+    service = ResponseService(
+        engine,
+        {Action.BLOCK_ADDRESS: calls.make("block"), Action.LOCK_ACCOUNT: calls.make("lock")},
+        clock=soc.clock,
+    )
+    auto = {
+        "spray": ["block-address"],
+        "brute": ["lock-account"],
+        "download": ["lock-account"],
+        "success-after": ["block-address"],
+    }
+    triage = Triage(soc.alerts, soc.incidents, responses=service, auto=auto, clock=soc.clock)
+    # Raised, then the process died before the incident and the response: alerts in no incident.
+    spray = await soc.alert(SPRAY, 0, {"source.ip": ATTACKER})
+    brute = await soc.alert(BRUTE, 10, {"user.name": "zhangwei", "source.ip": ATTACKER})
+    drill = await soc.alert(SPRAY, 20, {"source.ip": "198.51.100.9"}, drill="q4")
+    closed = await soc.alert(DOWNLOAD, 30, {"user.name": "wangfang"})
+    await soc.alerts.close(closed.id, "false_positive", actor="lina")
+    no_target = await soc.alert(SUCCESS, 40, {"user.name": "chenjing"})  # no address to block
+    # One that went through triage whole: linked, and its response ran once.
+    whole = await triage.raise_signal(
+        Signal(DOWNLOAD, T0 + 50, {"user.name": "liuyang"}, ("e9000",), Text("r", "原因"))
+    )
+    assert calls.calls == [("lock", "liuyang", {})]
+
+    assert await triage.repair() == Repaired(0, 0)  # younger than the grace: maybe still under way
+    soc.clock.now += GRACE_SECONDS
+    assert await triage.repair() == Repaired(linked=5, responded=2)
+    assert calls.calls[1:] == [("block", ATTACKER, {"seconds": 3600}), ("lock", "zhangwei", {})]
+    for alert in (spray, brute, drill, closed, no_target, whole):
+        assert (await soc.alerts.get(alert.id)).incident_id is not None
+    assert (await soc.alerts.get(spray.id)).incident_id == (await soc.alerts.get(brute.id)).incident_id
+    runs = await service.history(alert_id=spray.id)
+    assert [(r.automatic, r.actor, r.incident_id) for r in runs] == [
+        (True, "soc:auto", (await soc.alerts.get(spray.id)).incident_id)
+    ]
+    assert await triage.repair() == Repaired(0, 0)  # done once: nothing twice
+
+    # An automatic action left unrun for longer than the catch-up is not run late.
+    late = await soc.alert(SPRAY, 100, {"source.ip": "203.0.113.99"})
+    soc.clock.now += CATCH_UP_SECONDS + GRACE_SECONDS
+    assert await triage.repair() == Repaired(linked=1, responded=0)
+    assert (await soc.alerts.get(late.id)).incident_id is not None
+    assert len(calls.calls) == 3
+
+
+async def test_repair_leaves_triage_under_way_in_this_process_alone(engine: AsyncEngine) -> None:
+    soc = Soc(engine)
+    entered, release = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    async def slow_block(target: str, params: Mapping[str, Any], *, actor: str, reason: str) -> Text:
+        runs.append(target)
+        if len(runs) == 1:  # the first run waits; a second (the bug this guards against) would not
+            entered.set()
+            await release.wait()
+        return Text("blocked", "已封禁")
+
+    service = ResponseService(engine, {Action.BLOCK_ADDRESS: slow_block}, clock=soc.clock)
+    triage = Triage(
+        soc.alerts, soc.incidents, responses=service, auto={"spray": ["block-address"]}, clock=soc.clock
+    )
+    signal = Signal(SPRAY, T0, {"source.ip": ATTACKER}, ("e0001",), Text("r", "原因"))
+    running = asyncio.create_task(triage.raise_signal(signal))
+    await entered.wait()  # linked, its response running (no record of it yet)
+    soc.clock.now += GRACE_SECONDS + 1
+    assert await triage.repair() == Repaired(0, 0)
+    release.set()
+    await running
+    assert runs == [ATTACKER]
+    assert await triage.repair() == Repaired(0, 0)
