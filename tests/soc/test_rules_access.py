@@ -122,6 +122,17 @@ async def test_mass_download_by_bytes(kv: KV) -> None:
     assert "500.0 MiB" in signal.reason.zh and "60 分钟" in signal.reason.zh
 
 
+async def test_mass_download_counts_a_replayed_event_s_bytes_once(kv: KV) -> None:
+    # After a crash the writer detects its uncommitted batch again: the same events, same ids.
+    lab = Lab([rules.MassDownload()], kv=kv)
+    batch = [access("liuyang", app="permits", size=100 * MIB, t=i * 60) for i in range(4)]
+    await lab.feed(*batch)
+    await lab.feed(*batch)  # 400 MiB, not 800: no alert
+    assert lab.fired() == []
+    [signal] = await lab.feed(access("liuyang", app="permits", size=100 * MIB, t=300))
+    assert signal.values["bytes"] == 500 * MIB
+
+
 async def test_mass_download_by_requests() -> None:
     lab = Lab([rules.MassDownload()])
     await lab.feed(*(access("liuyang", size=0, t=i * 0.25) for i in range(1999)))

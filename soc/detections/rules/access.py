@@ -199,6 +199,11 @@ class MassDownload:
         requests_span = float(ctx.param("requests_window_s"))
         amount = _bytes(doc)
         requests = await ctx.window("requests", key, event_id(doc), at=at, span=requests_span)
+        if not requests.new:
+            # The event is in the requests window already: a batch replayed after a crash. Its
+            # bytes were added then (the byte sum cannot tell events apart, so it must not be
+            # given them twice).
+            amount = 0
         need_bytes, need_requests = int(ctx.param("bytes")), int(ctx.param("requests"))
         if not amount and requests.count < need_requests:
             return None  # no bytes added: the sum cannot have crossed its threshold now
