@@ -631,8 +631,17 @@ class _SearchEventStore:
         """Gives the indices made before the template had ``.caseless`` sub-fields (an upgrade)
         the sub-field on each string field and the template's dynamic templates, so that events
         written from now on are found by Sigma rules whatever their case. Events already stored
-        stay without it (a reindex would be needed); they leave a rule's look-back with time."""
-        mappings = await self._request(self._api.get_mappings(f"{self._prefix}-events-*"))
+        stay without it (a reindex would be needed); they leave a rule's look-back with time.
+
+        An index the server will not change (read-only, closed) is logged and left as it is: it
+        must not keep the store from taking new events. An unreachable server still fails."""
+        try:
+            mappings = await self._request(self._api.get_mappings(f"{self._prefix}-events-*"))
+        except _Refused as e:
+            _log.warning(
+                "index mappings not read; caseless sub-fields not added", store=self.name, error=str(e)
+            )
+            return
         for index, found in sorted((mappings or {}).items()):
             mapping = found.get("mappings") or {}
             properties = _without_caseless(mapping.get("properties") or {})
@@ -642,7 +651,11 @@ class _SearchEventStore:
             patch: dict[str, Any] = {"dynamic_templates": dynamic_templates}
             if properties:
                 patch["properties"] = properties
-            await self._request(self._api.put_mapping(index, patch))
+            try:
+                await self._request(self._api.put_mapping(index, patch))
+            except _Refused as e:
+                _log.warning("caseless sub-fields not added", index=index, store=self.name, error=str(e))
+                continue
             _log.info("caseless sub-fields added", index=index, store=self.name)
 
     @staticmethod

@@ -110,10 +110,19 @@ async def test_indices_made_before_caseless_sub_fields_get_them_for_new_events(
     )
     before = event(1, at(0), **{"user_agent.original": "SQLMap/1.6"})
     await raw.index(index=index, body=before, id="e0001", params={"refresh": "true"})
+    # An older one the server will not change: left as it is, and no reason to refuse events.
+    frozen = f"{prefix}-events-2026.10.01"
+    await raw.indices.create(
+        index=frozen, body={"mappings": {"dynamic_templates": [{"strings": old_strings}]}}
+    )
+    await raw.index(index=frozen, body=event(9, "2026-10-01T00:00:00Z", **{"user.name": "lina"}), id="e0009")
+    await raw.indices.put_settings(index=frozen, body={"index": {"blocks": {"read_only": True}}})
     kind = OpenSearchEventStore if backend == "opensearch" else ElasticsearchEventStore
     store = kind(url_of(backend), prefix=prefix)
     try:
         await store.open()  # installs the template and brings the old index up to it
+        unchanged = (await raw.indices.get_mapping(index=frozen))[frozen]["mappings"]
+        assert "fields" not in field_mapping(unchanged["properties"], "user.name")
         mapping = (await raw.indices.get_mapping(index=index))[index]["mappings"]
         for name in ("user_agent.original", "event.id", "event.action"):
             assert (
@@ -141,6 +150,7 @@ async def test_indices_made_before_caseless_sub_fields_get_them_for_new_events(
         assert (await raw.indices.get_mapping(index=index))[index]["mappings"] == settled
     finally:
         await store.close()
+        await raw.indices.put_settings(index=frozen, body={"index": {"blocks": {"read_only": False}}})
         await search_servers.remove_opensearch_prefix(search_servers.osmem_url(), prefix)
 
 
