@@ -41,6 +41,8 @@ __all__ = [
     "CASELESS",
     "MAX_DEPTH",
     "MAX_QUERY",
+    "SQL_CASELESS",
+    "SQL_DOCUMENT",
     "And",
     "Bucket",
     "EventStore",
@@ -67,6 +69,8 @@ MAX_QUERY = 4096
 MAX_DEPTH = 32
 MAX_SIZE = 10_000  # hits per search page
 CASELESS = ".caseless"  # a native query's field suffix: the field's strings lower-cased (NativeQuery)
+SQL_DOCUMENT = "sigma__doc"  # what a native SQL condition reads: the document's JSON text
+SQL_CASELESS = "onegate_caseless"  # the SQL function a native condition may call: Unicode lower()
 
 
 class QueryError(ValueError):
@@ -318,16 +322,16 @@ class Query:
 class NativeQuery:
     """A query already written in the stores' own languages (a Sigma rule compiled by soc.sigma),
     one text per store ``name``: for ``opensearch`` and ``elasticsearch`` a Lucene query string (run
-    as ``query_string`` inside a filter); for ``sqlite`` an SQL boolean expression whose columns
-    are the dotted field names listed in ``fields``, quoted (`` `user.name` ``), each standing for
-    any one element of the field's value. Unlike :class:`Query` it is not parsed here: it comes
-    from a rule an administrator installed, never from a console user's text, and the stores still
-    run it read-only.
+    as ``query_string`` inside a filter); for ``sqlite`` an SQL boolean expression over the column
+    :data:`SQL_DOCUMENT` (the document's JSON text, read with ``json_each``; soc.sigma.sql writes
+    it), which may call :data:`SQL_CASELESS`. ``fields`` names the fields the query reads. Unlike
+    :class:`Query` it is not parsed here: it comes from a rule an administrator installed, never
+    from a console user's text, and the stores still run it read-only.
 
     A field named ``<name>.caseless`` (:data:`CASELESS`) stands for the lower-cased string values
     of ``<name>`` (other values as they are), so that a text holding lower-cased strings matches
-    them whatever their case: Sigma's default. The search stores index it as a sub-field; SQLite
-    computes it."""
+    them whatever their case: Sigma's default. The search stores index it as a sub-field; the SQL
+    text computes it."""
 
     texts: Mapping[str, str]
     fields: tuple[str, ...] = ()

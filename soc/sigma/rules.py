@@ -8,7 +8,8 @@ quoting pySigma's message; a bad file never stops the others.
 Each detection rule is compiled three times through :func:`soc.sigma.pipeline.onegate_pipeline`:
 to Lucene with ``pysigma-backend-opensearch`` (for :class:`~soc.stores.search.OpenSearchEventStore`)
 and with ``pysigma-backend-elasticsearch`` (for the Elasticsearch store; today both write the same
-text), and to SQL with ``pysigma-backend-sqlite`` (its condition, for the SQLite store). The texts
+text), and to SQL with ``pysigma-backend-sqlite`` as :mod:`soc.sigma.sql` adapts it (its condition,
+for the SQLite store). The texts
 stay on the rule (:attr:`SigmaRule.queries`) so ``onegate soc rules test`` can print them. A
 correlation rule is evaluated by :mod:`soc.sigma.correlate` over its referenced rules' matches.
 
@@ -33,7 +34,6 @@ from typing import Any
 import yaml
 from sigma.backends.elasticsearch.elasticsearch_lucene import LuceneBackend
 from sigma.backends.opensearch.opensearch import OpensearchLuceneBackend
-from sigma.backends.sqlite.sqlite import sqliteBackend
 from sigma.collection import SigmaCollection
 from sigma.conversion.base import Backend
 from sigma.correlations import SigmaCorrelationCondition, SigmaCorrelationRule
@@ -47,6 +47,7 @@ from core.logging import get_logger
 from soc.detections.model import RuleInfo, Severity, Text
 from soc.sigma.correlate import Correlation, Match, correlate
 from soc.sigma.pipeline import map_field, onegate_pipeline
+from soc.sigma.sql import EachElementSql
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_LOOKBACK", "LoadError", "SigmaRule", "compile_rule", "load_folder"]
 
@@ -166,7 +167,7 @@ def _backends() -> dict[str, Backend]:
     return {
         "opensearch": OpensearchLuceneBackend(onegate_pipeline(lucene=True)),
         "elasticsearch": LuceneBackend(onegate_pipeline(lucene=True)),
-        "sqlite": sqliteBackend(onegate_pipeline(lucene=False), table=_SQL_TABLE),  # type: ignore[no-untyped-call]
+        "sqlite": EachElementSql(onegate_pipeline(lucene=False), table=_SQL_TABLE),  # type: ignore[no-untyped-call]
     }
 
 

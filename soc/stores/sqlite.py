@@ -56,16 +56,14 @@ with the standard library's ``sqlite3``. Decisions:
   can occur) before they become a JSON path ``$."user.name"``. The only names formatted into SQL
   are the partition tables (``events_`` + an integer day) and the fixed hot-column names.
 * **Native queries** (:meth:`SqliteEventStore.native_search`, Sigma rules compiled by
-  ``pysigma-backend-sqlite``) are an SQL condition over columns named by dotted fields. Each day's
-  table is wrapped in a subquery that exposes every field the condition reads as a column, taken
-  from the JSON document through ``json_each`` (so a list field offers each element in turn: "any
-  element" matches, as on the search stores), and the condition filters that. The text is an
-  administrator's rule, not user input, but it still runs under an authorizer that allows only
-  reading that day's table and a short list of scalar functions (no write, ``ATTACH`` or
-  ``PRAGMA``), with ``LIKE`` made case-sensitive: a field named ``<name>.caseless``
-  (:data:`core.eventstore.CASELESS`) is a column of that field's strings lower-cased by Python
-  (all of Unicode), which a rule compares with lower-cased values to match whatever the case,
-  and ``|cased`` values compare with the field itself.
+  :mod:`soc.sigma.sql`) are an SQL condition over the document's JSON text, which each day's
+  rows expose as ``sigma__doc`` (:data:`core.eventstore.SQL_DOCUMENT`): each field condition is
+  an ``EXISTS`` over the field's elements through ``json_each``, as the search stores read a list.
+  The text is an administrator's rule, not user input, but it still runs under an authorizer that
+  allows only reading that day's table and ``json_each``, and a short list of scalar functions
+  (no write, ``ATTACH`` or ``PRAGMA``), with ``LIKE`` made case-sensitive. The connection provides
+  :data:`core.eventstore.SQL_CASELESS`, Python's lower-casing (all of Unicode), with which a
+  rule's ``.caseless`` fields are read to match strings whatever their case.
 * **Errors.** A database that cannot be opened, is locked past ``busy_timeout``, is read-only or
   full raises :class:`~core.eventstore.StoreUnavailable` with one line of reason; the connection is
   dropped and reopened by the next call, so the store works again once the cause is gone. A bad
@@ -91,8 +89,9 @@ from typing import Any, TypeVar
 import orjson
 
 from core.eventstore import (
-    CASELESS,
     MAX_SIZE,
+    SQL_CASELESS,
+    SQL_DOCUMENT,
     And,
     Bucket,
     Exists,
@@ -1020,7 +1019,7 @@ def _histogram(conn: sqlite3.Connection, query: Query, width: int) -> dict[int, 
 
 # What a native condition may call: the forms pysigma-backend-sqlite writes, plain text helpers,
 # and the function behind caseless columns (_native_from).
-_CASELESS_FUNCTION = "onegate_caseless"
+_CASELESS_FUNCTION = SQL_CASELESS
 _NATIVE_FUNCTIONS = frozenset(
     (
         "like",
@@ -1066,39 +1065,20 @@ def _native_authorizer(table: str) -> Callable[[int, str | None, str | None, str
     return decide
 
 
-def _native_from(day: int, fields: Sequence[str]) -> tuple[str, list[str]]:
-    """The subquery over one day: its rows with each of ``fields`` as a column (one row per element
-    of a list, NULL when the field is absent; a ``<name>.caseless`` field is ``<name>`` with its
-    strings lower-cased), and the JSON paths it binds first."""
-    columns = []
-    paths = []
-    for i, field in enumerate(fields):
-        path = _path(field)  # checks the name: no quote can occur in it
-        if field.endswith(CASELESS) and len(field) > len(CASELESS):
-            path = _path(field.removesuffix(CASELESS))
-            value = f"f{i}.value"
-            # ASCII text (as many bytes as characters): SQLite's own lower() is exact and cheap.
-            columns.append(
-                f", CASE WHEN f{i}.type <> 'text' THEN {value}"
-                f" WHEN length(CAST({value} AS BLOB)) = length({value}) THEN lower({value})"
-                f' ELSE {_CASELESS_FUNCTION}({value}) END AS "{field}"'
-            )
-        else:
-            columns.append(f', f{i}.value AS "{field}"')
-        paths.append(path)
-    joins = "".join(f" LEFT JOIN json_each(e.doc, ?) AS f{i}" for i in range(len(fields)))
-    sql = (
-        "(SELECT e.n AS sigma__n, e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS sigma__doc"  # noqa: S608
-        f"{''.join(columns)} FROM events_{day} AS e{joins} WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
+def _native_from(day: int) -> str:
+    """The subquery over one day that a native condition reads: each row's document as
+    :data:`core.eventstore.SQL_DOCUMENT` (the condition takes the fields it needs from it with
+    ``json_each``), within the time range bound next."""
+    return (
+        f"(SELECT e.n AS sigma__n, e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS {SQL_DOCUMENT} "  # noqa: S608
+        f"FROM events_{day} AS e WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
     )
-    return sql, paths
 
 
 def _native_search(
     conn: sqlite3.Connection, native: NativeQuery, start: datetime, end: datetime, size: int
 ) -> SearchResult:
     condition = native.text_for("sqlite")
-    fields = list(dict.fromkeys(native.fields))
     low, high = _micros(start), _micros(end)
     hits: list[dict[str, Any]] = []
     total = 0
@@ -1111,19 +1091,19 @@ def _native_search(
         conn.execute("SELECT 1 FROM json_each('[]')").fetchall()
         try:
             for day in days:
-                source, paths = _native_from(day, fields)
-                params = [*paths, low, high]
+                source = _native_from(day)
+                params = [low, high]
                 conn.set_authorizer(_native_authorizer(f"events_{day}"))
                 try:
                     (found,) = conn.execute(
-                        f"SELECT count(DISTINCT sigma__n) FROM {source} WHERE ({condition})",  # noqa: S608
+                        f"SELECT count(*) FROM {source} WHERE ({condition})",  # noqa: S608
                         params,
                     ).fetchone()
                     total += found
                     if len(hits) < size and found:
                         rows = conn.execute(
-                            f"SELECT sigma__doc FROM {source} WHERE ({condition}) "  # noqa: S608
-                            "GROUP BY sigma__n ORDER BY sigma__ts, sigma__id LIMIT ?",
+                            f"SELECT {SQL_DOCUMENT} FROM {source} WHERE ({condition}) "  # noqa: S608
+                            "ORDER BY sigma__ts, sigma__id LIMIT ?",
                             [*params, size - len(hits)],
                         )
                         hits.extend(json.loads(doc) for (doc,) in rows)

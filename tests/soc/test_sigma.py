@@ -254,6 +254,17 @@ def ids(matches: list[Any]) -> list[str]:
     return [match.completing["event.id"] for match in matches]
 
 
+# The SQL form (soc.sigma.sql): each condition over the elements of its field.
+LOWER = (
+    "(CASE WHEN type <> 'text' THEN value WHEN length(CAST(value AS BLOB)) = length(value) "
+    "THEN lower(value) ELSE onegate_caseless(value) END)"
+)
+
+
+def each(field: str, test: str) -> str:
+    return f"EXISTS (SELECT 1 FROM json_each(sigma__doc, '$.\"{field}\"') WHERE {test})"  # noqa: S608 - the expected text
+
+
 # -- loading and compiling ------------------------------------------------------------------------
 
 
@@ -274,15 +285,15 @@ def test_a_web_rule_compiles_to_lucene_and_sql(tmp_path: Path) -> None:
     )
     assert rule.queries["opensearch"] == lucene
     assert rule.queries["elasticsearch"] == lucene  # the two Lucene backends agree today
+    escape = " ESCAPE '\\'"
+    likes = ("%union select%", "%'' or ''1''=''1%", "%sleep(%")
+    uri = "(" + " OR ".join(LOWER + " LIKE '" + like + "'" + escape for like in likes) + ")"
+    action = each("event.action", "value='access'")
+    method = each("http.request.method", LOWER + "='get'")
+    paths = "((" + each("url.path", uri) + ") OR (" + each("url.query", uri) + "))"
+    internal = each("source.ip", "value LIKE '10.99.%'" + escape)
     assert rule.queries["sqlite"] == (
-        "`event.action`='access' AND ((`http.request.method.caseless`='get' AND "
-        r"((`url.path.caseless` LIKE '%union select%' ESCAPE '\' "
-        r"OR `url.path.caseless` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
-        r"OR `url.path.caseless` LIKE '%sleep(%' ESCAPE '\') OR "
-        r"(`url.query.caseless` LIKE '%union select%' ESCAPE '\' "
-        r"OR `url.query.caseless` LIKE '%'' or ''1''=''1%' ESCAPE '\' "
-        r"OR `url.query.caseless` LIKE '%sleep(%' ESCAPE '\'))) AND "
-        r"(NOT COALESCE((`source.ip` LIKE '10.99.%' ESCAPE '\'), 0)))"
+        action + " AND ((" + method + " AND " + paths + ") AND (NOT COALESCE((" + internal + "), 0)))"
     )
     assert rule.native is not None
     assert set(rule.native.fields) == {
@@ -302,13 +313,19 @@ def test_strings_compile_to_caseless_fields_and_the_rest_stays(tmp_path: Path) -
         r"user_agent.original:*Nikto* OR user_agent.original.caseless:*привет* OR "
         "(http.response.status_code.caseless:teapot OR (http.response.status_code:(403 OR 418))))"
     )
-    assert rule.queries["sqlite"] == (
-        "`event.action`='access' AND (`user_agent.original.caseless` LIKE '%sqlmap%' ESCAPE '\\' OR "
-        "`user_agent.original` LIKE '%Nikto%' ESCAPE '\\' OR "
-        "`user_agent.original.caseless` LIKE '%привет%' ESCAPE '\\' OR "
-        "(`http.response.status_code.caseless`='teapot' OR (`http.response.status_code`=403 OR "
-        "`http.response.status_code`='418' OR `http.response.status_code`=418)))"
-    )
+    agent, status, escape = "user_agent.original", "http.response.status_code", " ESCAPE '\\'"
+    parts = [
+        each(agent, LOWER + " LIKE '%sqlmap%'" + escape),
+        each(agent, "value LIKE '%Nikto%'" + escape),
+        each(agent, LOWER + " LIKE '%привет%'" + escape),
+        "("
+        + each(status, LOWER + "='teapot'")
+        + " OR ("
+        + each(status, "(value=403 OR value='418' OR value=418)")
+        + "))",
+    ]
+    action = each("event.action", "value='access'")
+    assert rule.queries["sqlite"] == action + " AND (" + " OR ".join(parts) + ")"
 
 
 def test_an_authentication_rule_selects_the_idp_s_authentication_events(tmp_path: Path) -> None:
@@ -317,9 +334,12 @@ def test_an_authentication_rule_selects_the_idp_s_authentication_events(tmp_path
         "event.dataset:onegate.idp AND (event.category:authentication AND "
         "(event.outcome.caseless:failure AND user.name.caseless:admin*))"
     )
-    assert rule.queries["sqlite"] == (
-        "`event.dataset`='onegate.idp' AND (`event.category`='authentication' AND "
-        r"(`event.outcome.caseless`='failure' AND `user.name.caseless` LIKE 'admin%' ESCAPE '\'))"
+    dataset = each("event.dataset", "value='onegate.idp'")
+    category = each("event.category", "value='authentication'")
+    outcome = each("event.outcome", LOWER + "='failure'")
+    user = each("user.name", LOWER + " LIKE 'admin%' ESCAPE '\\'")
+    assert (
+        rule.queries["sqlite"] == dataset + " AND (" + category + " AND (" + outcome + " AND " + user + "))"
     )
     assert (rule.info.technique, rule.info.tactic) == ("T1110.001", "credential-access")
     assert (rule.info.severity, rule.info.name.zh) == (Severity.MEDIUM, "Failed Sign-In To An Admin Account")
@@ -529,13 +549,16 @@ async def test_a_restart_resumes_from_the_last_run_end(tmp_path: Path) -> None:
         assert await restarted.last_end(rules[0].info.id) == clock.now
 
 
+LINA = "EXISTS (SELECT 1 FROM json_each(sigma__doc, '$.\"user.name\"') WHERE value = 'lina')"
+
+
 @pytest.mark.parametrize(
     "condition",
     [
-        "`user.name` = 'x' OR (SELECT count(*) FROM ids) > 0",  # another table
+        f"{LINA} OR (SELECT count(*) FROM ids) > 0",  # another table  # noqa: S608
         "load_extension('x') IS NULL",  # a function outside the list
-        "`user.name` = 'x') UNION SELECT id, id, id FROM ids --",
-        "`user.name` = ",  # not SQL
+        f"{LINA}) UNION SELECT id, id, id FROM ids --",  # noqa: S608
+        "EXISTS (SELECT 1 FROM json_each(sigma__doc, '$.\"user.name\"') WHERE value = ",  # not SQL
     ],
 )
 async def test_the_sqlite_store_runs_native_conditions_read_only_on_its_own_table(
@@ -550,7 +573,7 @@ async def test_the_sqlite_store_runs_native_conditions_read_only_on_its_own_tabl
             await store.native_search(native, T0, T0 + timedelta(hours=1))
         assert (
             await store.native_search(
-                NativeQuery({"sqlite": "`user.name` = 'lina'"}, ("user.name",)), T0, T0 + timedelta(hours=1)
+                NativeQuery({"sqlite": LINA}, ("user.name",)), T0, T0 + timedelta(hours=1)
             )
         ).total == 1
 
@@ -618,3 +641,50 @@ async def test_strings_match_whatever_their_case_unless_cased(store: EventStore,
     await store.write(events)
     assert ids(await rule.test(store, T0, T0 + timedelta(hours=1))) == ["c1", "c2", "c3", "c4", "c6", "c9"]
     assert rule.native is not None and "user_agent.original" in rule.native.fields  # the |cased item
+
+
+LIST_RULES = """\
+title: Two Roles At Once
+id: 4f3e2d1c-9999-4b8a-9d7e-5f6a4b3c2d11
+status: test
+logsource:
+    category: authentication
+detection:
+    selection:
+        user.roles|all: ['hr-staff', 'auditors']
+    condition: selection
+level: low
+---
+title: Failure Of A Non-Admin
+id: 5a4f3e2d-aaaa-4c9b-8e7f-6a5b4c3d2e12
+status: test
+logsource:
+    category: authentication
+detection:
+    selection:
+        event.outcome: failure
+    admins:
+        user.roles: sys-admins
+    condition: selection and not admins
+level: low
+"""
+
+
+async def test_list_fields_are_read_element_by_element_on_every_store(
+    store: EventStore, tmp_path: Path
+) -> None:
+    # As the search stores read a list: a condition holds when some element satisfies it, so
+    # |all asks each value of some element and `not` means no element matches.
+    rules = loaded(write_rules(tmp_path / "rules", lists=LIST_RULES))
+    await store.write(
+        [
+            auth("r1", 1, "lina", **{"user.roles": ["hr-staff", "auditors"]}),
+            auth("r2", 2, "zhangwei", **{"user.roles": ["hr-staff"]}),
+            auth("r3", 3, "sysadmin", **{"user.roles": ["hr-staff", "sys-admins"]}),
+            auth("r4", 4, "guest"),  # no roles at all
+            auth("r5", 5, "root", **{"user.roles": "sys-admins"}),  # one value, not a list
+        ]
+    )
+    end = T0 + timedelta(hours=1)
+    assert ids(await rules["Two Roles At Once"].test(store, T0, end)) == ["r1"]
+    assert ids(await rules["Failure Of A Non-Admin"].test(store, T0, end)) == ["r1", "r2", "r4"]
