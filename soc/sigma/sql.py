@@ -39,14 +39,13 @@ __all__ = ["EachElementSql"]
 _FIELD = re.compile(r"[A-Za-z0-9_@.]+")
 
 
-def _caseless_value() -> str:
-    """json_each's ``value`` lower-cased when it is text (ASCII text, as many bytes as
-    characters, by SQLite's own ``lower()``)."""
-    return (
-        "(CASE WHEN type <> 'text' THEN value"
-        " WHEN length(CAST(value AS BLOB)) = length(value) THEN lower(value)"
-        f" ELSE {SQL_CASELESS}(value) END)"
-    )
+# json_each's ``value`` lower-cased when it is text (ASCII text, as many bytes as characters, by
+# SQLite's own ``lower()``).
+_CASELESS_VALUE = (
+    "(CASE WHEN type <> 'text' THEN value"
+    " WHEN length(CAST(value AS BLOB)) = length(value) THEN lower(value)"
+    f" ELSE {SQL_CASELESS}(value) END)"
+)
 
 
 class EachElementSql(sqliteBackend):
@@ -116,7 +115,7 @@ class EachElementSql(sqliteBackend):
         """The JSON path literal of ``field``'s values and the column its condition reads."""
         name, column = field, "value"
         if field.endswith(CASELESS) and len(field) > len(CASELESS):
-            name, column = field.removesuffix(CASELESS), _caseless_value()
+            name, column = field.removesuffix(CASELESS), _CASELESS_VALUE
         if _FIELD.fullmatch(name) is None:  # the pipeline admits ECS names only: never reached
             raise ValueError(f"{name[:64]!r} is not a field name")
         return f"'$.\"{name}\"'", column

@@ -117,7 +117,8 @@ _MAX_ID_BYTES = 512  # the servers' limit on _id
 _KEYWORD = {"type": "keyword", "ignore_above": 8191}  # 8191 characters stay under Lucene's 32 KiB term
 # Every string field's lower-cased twin (core.eventstore.CASELESS), read by native queries: the
 # servers' built-in ``lowercase`` normalizer, so no analysis settings are needed.
-_CASELESS_FIELD = {CASELESS.lstrip("."): {**_KEYWORD, "normalizer": "lowercase"}}
+_CASELESS_NAME = CASELESS.lstrip(".")
+_CASELESS_FIELD = {_CASELESS_NAME: {**_KEYWORD, "normalizer": "lowercase"}}
 # Shard failures that mean the query does not fit the data, not that the server is unwell.
 _QUERY_FAILURES = (
     "query_shard_exception",
@@ -524,7 +525,7 @@ def _without_caseless(properties: Mapping[str, Any]) -> dict[str, Any]:
             inner = _without_caseless(field["properties"])
             if inner:
                 patch[name] = {"properties": inner}
-        elif field.get("type") == "keyword" and CASELESS.lstrip(".") not in field.get("fields", {}):
+        elif field.get("type") == "keyword" and _CASELESS_NAME not in field.get("fields", {}):
             patch[name] = {**field, "fields": {**field.get("fields", {}), **_CASELESS_FIELD}}
     return patch
 

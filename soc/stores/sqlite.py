@@ -645,9 +645,9 @@ class SqliteEventStore:
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA temp_store = MEMORY")
-            # Native queries' caseless columns: Python's lower-casing (all of Unicode, as the
+            # Native queries read non-ASCII text lower-cased by Python (all of Unicode, as the
             # search servers' normalizer; SQLite's lower() knows ASCII only).
-            conn.create_function(_CASELESS_FUNCTION, 1, _caseless, deterministic=True)
+            conn.create_function(SQL_CASELESS, 1, _caseless, deterministic=True)
             with _transaction(conn, immediate=False):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
@@ -1018,8 +1018,7 @@ def _histogram(conn: sqlite3.Connection, query: Query, width: int) -> dict[int, 
 
 
 # What a native condition may call: the forms pysigma-backend-sqlite writes, plain text helpers,
-# and the function behind caseless columns (_native_from).
-_CASELESS_FUNCTION = SQL_CASELESS
+# and the store's Unicode lower-casing (soc.sigma.sql reads .caseless fields with it).
 _NATIVE_FUNCTIONS = frozenset(
     (
         "like",
@@ -1032,7 +1031,7 @@ _NATIVE_FUNCTIONS = frozenset(
         "substr",
         "length",
         "count",
-        _CASELESS_FUNCTION,
+        SQL_CASELESS,
     )
 )
 
@@ -1070,7 +1069,7 @@ def _native_from(day: int) -> str:
     :data:`core.eventstore.SQL_DOCUMENT` (the condition takes the fields it needs from it with
     ``json_each``), within the time range bound next."""
     return (
-        f"(SELECT e.n AS sigma__n, e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS {SQL_DOCUMENT} "  # noqa: S608
+        f"(SELECT e.ts AS sigma__ts, e.id AS sigma__id, e.doc AS {SQL_DOCUMENT} "  # noqa: S608
         f"FROM events_{day} AS e WHERE e.ts >= ? AND e.ts < ?) AS sigma_events"
     )
 
