@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -139,17 +139,17 @@ async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, s
         if settings.server.https and routes.hosts()
         else f"http://127.0.0.1:{port}/.onegate/backchannel-logout"
     )
-    client = await registry.get(options.client_id, include_disabled=True)
-    if client is not None:
+    hosts = set(routes.hosts())
+
+    def merged(current: Iterable[str]) -> list[str]:
         # Other gateway processes of the deployment may serve on other ports: keep their
         # callbacks for the routed hosts too (newest first, within the IdP's limit).
-        hosts = set(routes.hosts())
         kept = [
-            uri
-            for uri in client.redirect_uris
-            if uri not in redirect_uris and (urlsplit(uri).hostname or "") in hosts
+            uri for uri in current if uri not in redirect_uris and (urlsplit(uri).hostname or "") in hosts
         ]
-        redirect_uris = [*redirect_uris, *kept][:MAX_REDIRECT_URIS]
+        return [*redirect_uris, *kept][:MAX_REDIRECT_URIS]
+
+    exists = await registry.get(options.client_id, include_disabled=True) is not None
     await ensure_own_client(
         registry,
         options.client_id,
@@ -160,9 +160,14 @@ async def _register_client(runtime: Runtime, routes: RouteTable, *, port: int, s
             "name_en": "OneGate access gateway",
             "scopes": GATEWAY_SCOPES,
             "first_party": True,
+            "redirect_uris": redirect_uris,
         },
-        keep={"redirect_uris": redirect_uris, "backchannel_logout_uri": backchannel},
+        keep={"backchannel_logout_uri": backchannel},
     )
+    if exists:
+        # Read, merged and written under the row's lock: two processes registering at once
+        # keep each other's callbacks (a read here and a write later lost one of them).
+        await registry.merge_redirect_uris(options.client_id, merged, actor="onegate-gateway")
 
 
 class _Registration:

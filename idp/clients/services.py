@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -243,7 +243,15 @@ class ClientRegistry:
             return [RegisteredClient.from_row(row) for row in rows]
 
     @staticmethod
-    async def _row(session: Any, client_id: str) -> Client | None:
+    async def _row(session: Any, client_id: str, *, lock: bool = False) -> Client | None:
+        """The client's row; with ``lock``, locked for this transaction before it is read: a
+        write that changes nothing takes the row's lock on PostgreSQL and the database's write
+        lock on SQLite (whose driver starts a transaction only at the first write, so a
+        ``SELECT ... FOR UPDATE``, which SQLite ignores, would leave the read unprotected)."""
+        if lock:
+            await session.execute(
+                update(Client).where(Client.client_id == client_id).values(client_id=Client.client_id)
+            )
         row: Client | None = (
             await session.execute(select(Client).where(Client.client_id == client_id))
         ).scalar_one_or_none()
@@ -393,12 +401,42 @@ class ClientRegistry:
             if given["token_endpoint_auth_method"] is not AuthMethod.PRIVATE_KEY_JWT:
                 given.setdefault("jwks", None)
                 given.setdefault("jwks_uri", None)
+        return await self._change(client_id, lambda current: dataclasses.replace(current, **given), actor)
+
+    async def merge_redirect_uris(
+        self,
+        client_id: str,
+        merge: Callable[[tuple[str, ...]], Iterable[str]],
+        *,
+        actor: str | None = None,
+    ) -> RegisteredClient:
+        """Set the redirect URIs to ``merge(current ones)``, read and written in one transaction
+        with the client's row locked, so that processes that each keep their own callbacks in
+        one registration (the gateway's) never write over one another's."""
+
+        def merged(current: ClientMetadata) -> ClientMetadata:
+            uris = tuple(_strings("redirect_uris", merge(current.redirect_uris)))
+            return dataclasses.replace(current, redirect_uris=uris)
+
+        client, _ = await self._change(client_id, merged, actor, lock=True)
+        return client
+
+    async def _change(
+        self,
+        client_id: str,
+        change: Callable[[ClientMetadata], ClientMetadata],
+        actor: str | None,
+        *,
+        lock: bool = False,
+    ) -> tuple[RegisteredClient, str | None]:
+        """Apply ``change`` to the client's metadata in one transaction (``lock``: the row locked
+        from the read on, where the database can); see :meth:`update` for secrets."""
         secret: str | None = None
         async with self._sessions() as s, s.begin():
-            row = await self._row(s, client_id)
+            row = await self._row(s, client_id, lock=lock)
             if row is None:
                 raise ClientNotFound(client_id)
-            metadata = validate_metadata(dataclasses.replace(_metadata_of(row), **given))
+            metadata = validate_metadata(change(_metadata_of(row)))
             changed = _write(row, metadata)
             if metadata.token_endpoint_auth_method in _SECRET_METHODS:
                 if row.secret_hash is None:

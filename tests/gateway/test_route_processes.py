@@ -143,11 +143,9 @@ def test_a_route_added_through_the_api_is_served_by_the_other_process_within_a_s
     ]
 
 
-def _sign_in_at(stack: GatewayStack, url: str, user: IdpUser, seconds: float = 10.0) -> requests.Response:
+def _sign_in_at(stack: GatewayStack, url: str, user: IdpUser, seconds: float = 3.0) -> requests.Response:
     """Open ``url`` and sign in at the IdP; tried again until the IdP accepts the new host's
-    callback (the gateway registers it in the background after the route appears; both gateway
-    processes update the one client registration and retry when they overwrite each other, which
-    on a loaded machine took over 3 s)."""
+    callback (the gateway registers it in the background after the route appears)."""
     started = time.monotonic()
     deadline = started + seconds
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -406,3 +407,29 @@ async def test_list_is_sorted_and_includes_disabled(registry: ClientRegistry) ->
     listed = await registry.list()
     assert [(c.client_id, c.disabled) for c in listed] == [("oa-app", True), ("zz-reports", False)]
     assert listed[1].grant_types == ("client_credentials",) and listed[1].redirect_uris == ()
+
+
+async def test_merging_redirect_uris_at_once_keeps_every_process_s_callbacks(
+    registry: ClientRegistry, sessions: async_sessionmaker[object], secret_store: SecretStore
+) -> None:
+    # Gateway processes on different ports each add their callback and keep the others': a read
+    # outside the write would let the later writer drop the other's (the lost update).
+    await add_oa(registry)
+    mine = [f"https://oa.example.gov.cn:{8000 + n}/.onegate/callback" for n in range(4)]
+
+    async def register(uri: str) -> None:
+        own = ClientRegistry(sessions, secret_store)  # a process of its own: its own cache
+        for attempt in range(10):  # as the gateway does: SQLite refuses the later of two writers
+            try:
+                await own.merge_redirect_uris(
+                    "oa-app", lambda current: [uri, *(u for u in current if u != uri)]
+                )
+                return
+            except Exception:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+
+    await asyncio.gather(*(register(uri) for uri in mine))
+    client = await ClientRegistry(sessions, secret_store).get("oa-app")
+    assert client is not None and set(client.redirect_uris) == {OA, *mine}
